@@ -1,0 +1,52 @@
+# FLARE22-style challenge harness. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+DOCKER ?= /usr/bin/docker
+BASE_IMAGE ?= flare-base:bookworm
+IMAGE ?= flare-predictor:latest
+TEAM ?= baseline
+DEMO ?= out/demo
+PYTEST_ARGS ?=
+
+.PHONY: help install engine base image submission test test-fast lint demo clean
+
+help:
+	@echo "make install     pip-install the harness with CPU torch and test extras"
+	@echo "make engine      install/start a Docker engine (docker/engine.sh)"
+	@echo "make base        build the local offline base image $(BASE_IMAGE)"
+	@echo "make image       build the predictor image IMAGE=$(IMAGE) (builds the base if missing)"
+	@echo "make submission  save the predictor image as TEAM.tar.gz holding TEAM:latest (TEAM=$(TEAM))"
+	@echo "make demo        main job on built-in sample data: phantoms -> image -> monitored run -> scores"
+	@echo "make test        the whole test suite (Docker tests need the engine; GPU tests skip without a GPU)"
+	@echo "make lint        ruff"
+
+install:
+	$(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install -e '.[test]'
+
+engine:
+	bash docker/engine.sh
+
+base:
+	BASE_IMAGE=$(BASE_IMAGE) bash docker/base/build.sh $(BASE_IMAGE)
+
+image:
+	BASE_IMAGE=$(BASE_IMAGE) bash docker/build_image.sh $(IMAGE)
+
+submission:
+	BASE_IMAGE=$(BASE_IMAGE) bash docker/save_submission.sh $(TEAM) $(IMAGE)
+
+test:
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-fast:
+	$(PYTHON) -m pytest -m "not docker and not slow" $(PYTEST_ARGS)
+
+lint:
+	$(PYTHON) -m ruff check .
+
+demo:
+	bash docker/demo.sh $(DEMO)
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache
