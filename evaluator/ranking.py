@@ -1,0 +1,191 @@
+"""FLARE22 rank-then-aggregate, with bootstrap rank stability and pairwise significance.
+
+Inputs are per-team tables keyed by case id (``Name``): the evaluator's metrics.csv and the resource
+monitor's efficiency.csv. Units: Time in s, AUC_GPU_Time_tol2G in MiB*s, AUC_CPU_Time in %*s.
+
+The scheme (flare22.grand-challenge.org/Evaluation; shared/reference/flare22_spec.md section 4):
+1. per case, a team's DSC and NSD are the means over the 13 organs;
+2. a case whose run did not end ``ok``, or whose prediction is missing or invalid, takes the official
+   worst values (DSC 0, NSD 0, Time 3600, AUC_GPU 29491200, AUC_CPU 360000), whatever was measured;
+3. values are rounded as the official CSVs were, so that ties fall as they did;
+4. per case and metric, teams are ranked (ties take the minimum rank);
+5. a team's score is the mean over cases of (r_DSC + r_NSD + r_Time + 0.5 r_GPU + 0.5 r_CPU) / 4.
+Lower scores are better.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from challenge import rules
+
+METRICS = tuple(rules.RANK_WEIGHTS)  # DSC, NSD, Time, AUC_GPU_Time_tol2G, AUC_CPU_Time
+PENALTY = {"DSC": rules.PENALTY_DSC, "NSD": rules.PENALTY_NSD, "Time": rules.PENALTY_TIME_S,
+           "AUC_GPU_Time_tol2G": float(rules.PENALTY_AUC_GPU_TOL2G), "AUC_CPU_Time": float(rules.PENALTY_AUC_CPU)}
+
+
+@dataclass
+class TeamResults:
+    """One team's tables. ``metrics`` needs Name, DSC_mean, NSD_mean, status; ``efficiency`` needs Name,
+    Time, AUC_GPU_Time_tol2G, AUC_CPU_Time, status. Either may be None (e.g. the image failed to load)."""
+
+    team: str
+    metrics: pd.DataFrame | None
+    efficiency: pd.DataFrame | None
+    note: str = ""  # e.g. "image failed to load: ..."
+
+
+@dataclass
+class RankingSettings:
+    bootstrap_samples: int = 1000
+    seed: int = 0
+    alpha: float = 0.05
+
+
+@dataclass
+class Ranking:
+    values: pd.DataFrame  # (team, case) x metrics after penalties and rounding, plus `penalised`
+    ranks: pd.DataFrame  # (team, case) x metrics: per-case ranks, ties -> min
+    case_scores: pd.DataFrame  # team x case: (weighted rank sum) / 4
+    leaderboard: pd.DataFrame  # one row per team, best first
+    bootstrap_ranks: pd.DataFrame  # sample x team
+    kendall_tau: np.ndarray  # per bootstrap sample, against the full ranking
+    pairwise: pd.DataFrame  # one-sided Wilcoxon, Holm-adjusted
+    settings: RankingSettings = field(default_factory=RankingSettings)
+
+
+def case_values(team: TeamResults, cases: list[str]) -> pd.DataFrame:
+    """The five ranked metrics per case for one team, with the official worst values where a case failed.
+
+    An empty GPU figure (a host with no GPU) counts as 0 MiB*s above the 2 GiB tolerance for a run
+    that ended ok, so that every team ties on it rather than being penalised.
+    """
+    out = pd.DataFrame(index=pd.Index(cases, name="Name"), columns=list(METRICS), dtype=float)
+    reasons = pd.Series("", index=out.index, dtype=object)
+    metrics = _by_case(team.metrics)
+    efficiency = _by_case(team.efficiency)
+    for case in cases:
+        reason = _failure(case, metrics, efficiency, team.note)
+        if reason:
+            out.loc[case] = [PENALTY[m] for m in METRICS]
+            reasons[case] = reason
+            continue
+        m, e = metrics.loc[case], efficiency.loc[case]
+        gpu = pd.to_numeric(e.get("AUC_GPU_Time_tol2G"), errors="coerce")
+        out.loc[case] = [float(m["DSC_mean"]), float(m["NSD_mean"]), float(e["Time"]),
+                         0.0 if pd.isna(gpu) else float(gpu), float(e["AUC_CPU_Time"])]
+    for metric in METRICS:
+        out[metric] = out[metric].round(rules.ROUND_DECIMALS[metric])
+    out["penalised"] = reasons
+    return out
+
+
+def _by_case(table: pd.DataFrame | None) -> pd.DataFrame:
+    if table is None or table.empty:
+        return pd.DataFrame(columns=["status"])
+    return table.assign(Name=table["Name"].astype(str)).drop_duplicates("Name", keep="last").set_index("Name")
+
+
+def _failure(case: str, metrics: pd.DataFrame, efficiency: pd.DataFrame, note: str) -> str:
+    if note:
+        return note
+    if case not in efficiency.index:
+        return "no run"
+    if str(efficiency.loc[case, "status"]) != "ok":
+        return f"run: {efficiency.loc[case, 'status']}"
+    if case not in metrics.index:
+        return "not scored"
+    status = str(metrics.loc[case, "status"])
+    if status.startswith(("missing", "invalid")):
+        return f"prediction: {status}"
+    return ""
+
+
+def rank(teams: list[TeamResults], cases: list[str], settings: RankingSettings | None = None) -> Ranking:
+    """Rank ``teams`` over ``cases`` (the GT's case ids). Needs at least one team and one case."""
+    settings = settings or RankingSettings()
+    if not teams or not cases:
+        raise ValueError("ranking needs at least one team and one case")
+    values = pd.concat({t.team: case_values(t, cases) for t in teams}, names=["team", "Name"])
+    ranks = pd.DataFrame(index=values.index)
+    for metric in METRICS:
+        ranks[metric] = values[metric].groupby(level="Name").rank(
+            method="min", ascending=not rules.HIGHER_IS_BETTER[metric])
+    weights = pd.Series(rules.RANK_WEIGHTS)
+    composite = (ranks[list(METRICS)] * weights).sum(axis=1) / rules.RANK_NORMALISER
+    case_scores = composite.unstack("Name").reindex(columns=cases)
+    board = _leaderboard(values, ranks, case_scores, teams)
+    boot, tau = bootstrap(case_scores, board["rank"], settings)
+    pairwise = wilcoxon_holm(case_scores, board.index.tolist(), settings.alpha)
+    return Ranking(values, ranks, case_scores, board, boot, tau, pairwise, settings)
+
+
+def _leaderboard(values: pd.DataFrame, ranks: pd.DataFrame, case_scores: pd.DataFrame,
+                 teams: list[TeamResults]) -> pd.DataFrame:
+    score = case_scores.mean(axis=1)
+    board = pd.DataFrame({"score": score})
+    board["rank"] = score.rank(method="min").astype(int)
+    for metric in METRICS:
+        board[f"mean_rank_{metric}"] = ranks[metric].groupby(level="team").mean()
+        board[metric] = values[metric].groupby(level="team").mean()
+    failed = values["penalised"].ne("").groupby(level="team").sum().astype(int)
+    board["failed_cases"] = failed
+    board["cases"] = values.groupby(level="team").size()
+    notes = {t.team: t.note for t in teams}
+    board["status"] = [notes[t] or ("all cases failed" if failed[t] == board.loc[t, "cases"] else
+                                    f"{failed[t]} case(s) penalised" if failed[t] else "ok") for t in board.index]
+    board.index.name = "team"
+    return board.sort_values(["rank", "score"], kind="stable")
+
+
+def bootstrap(case_scores: pd.DataFrame, full_rank: pd.Series,
+              settings: RankingSettings) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rank distribution when the cases are resampled with replacement, and Kendall's tau of each
+    bootstrap ranking against the full one (NaN when fewer than two teams)."""
+    rng = np.random.default_rng(settings.seed)
+    matrix = case_scores.to_numpy()  # team x case
+    n_cases = matrix.shape[1]
+    idx = rng.integers(0, n_cases, size=(settings.bootstrap_samples, n_cases))
+    scores = matrix[:, idx].mean(axis=2).T  # sample x team
+    ranks = pd.DataFrame(scores, columns=case_scores.index).rank(axis=1, method="min")
+    reference = full_rank.reindex(case_scores.index).to_numpy()
+    if len(reference) < 2:
+        return ranks, np.full(len(ranks), np.nan)
+    tau = np.array([stats.kendalltau(reference, row).statistic for row in ranks.to_numpy()])
+    return ranks, tau
+
+
+def wilcoxon_holm(case_scores: pd.DataFrame, order: list[str], alpha: float = 0.05) -> pd.DataFrame:
+    """One-sided Wilcoxon signed-rank tests on per-case scores for every ordered pair (A, B):
+    H1 = A's per-case scores are lower (better) than B's. p-values are Holm-adjusted over all pairs.
+    A pair whose per-case scores are all equal gets p = 1."""
+    rows = []
+    for a in order:
+        for b in order:
+            if a == b:
+                continue
+            diff = case_scores.loc[a].to_numpy() - case_scores.loc[b].to_numpy()
+            if np.allclose(diff, 0):
+                p = 1.0
+            else:
+                p = float(stats.wilcoxon(diff, alternative="less", zero_method="wilcox").pvalue)
+            rows.append({"team": a, "versus": b, "p_value": p})
+    table = pd.DataFrame(rows, columns=["team", "versus", "p_value"])
+    table["p_holm"] = holm(table["p_value"].to_numpy()) if len(table) else []
+    table["significant"] = table["p_holm"] < alpha
+    return table
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni step-down adjusted p-values (same order as the input)."""
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out = np.empty(m)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
