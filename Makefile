@@ -8,7 +8,7 @@ TEAM ?= baseline
 DEMO ?= out/demo
 PYTEST_ARGS ?=
 
-.PHONY: help install engine base image submission test test-fast lint demo clean
+.PHONY: help install engine base image submission test test-fast lint demo clean phantoms
 
 help:
 	@echo "make install     pip-install the harness with CPU torch and test extras"
@@ -16,6 +16,7 @@ help:
 	@echo "make base        build the local offline base image $(BASE_IMAGE)"
 	@echo "make image       build the predictor image IMAGE=$(IMAGE) (builds the base if missing)"
 	@echo "make submission  save the predictor image as TEAM.tar.gz holding TEAM:latest (TEAM=$(TEAM))"
+	@echo "make phantoms    10 synthetic CT cases with labels in data/phantoms"
 	@echo "make demo        main job on built-in sample data: phantoms -> image -> monitored run -> scores"
 	@echo "make test        the whole test suite (Docker tests need the engine; GPU tests skip without a GPU)"
 	@echo "make lint        ruff"
@@ -41,6 +42,9 @@ test:
 
 test-fast:
 	$(PYTHON) -m pytest -m "not docker and not slow" $(PYTEST_ARGS)
+
+phantoms:
+	$(PYTHON) -m phantoms --out data/phantoms --cases 10 --seed 0
 
 lint:
 	$(PYTHON) -m ruff check .

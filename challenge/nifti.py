@@ -11,7 +11,9 @@ Writers go to a temporary name beside the target, then rename: no half-written f
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +120,8 @@ def read_geometry(path: str | Path) -> Geometry:
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path, compression_level: int = 1) -> Path:
     """Write a (k, j, i) array on ``geometry`` to ``path`` atomically (temporary name, then rename).
 
-    ``compression_level`` is the gzip level for ``.nii.gz`` (1 is fast and nearly as small as 6).
+    ``compression_level`` is the gzip level for ``.nii.gz`` (1 is fast; CT noise leaves higher levels
+    little to gain). The file is readable by all (mode 0644), so containers running as any user can read it.
     Raises ValueError if the array's shape is not ``geometry.shape``.
     """
     path = Path(path)
@@ -126,13 +129,21 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | Path, compres
         raise ValueError(f"{path}: array shape {array.shape} != grid shape {geometry.shape} (k, j, i)")
     image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii", dir=path.parent)
     os.close(fd)
+    tmp_gz = Path(f"{tmp}.gz")
     try:
-        sitk.WriteImage(image, tmp, useCompression=True, compressionLevel=compression_level)
+        # SimpleITK's NIfTI writer ignores its compression level, so gzip here at the level asked for.
+        sitk.WriteImage(image, tmp, useCompression=False)
+        if path.name.endswith(".gz"):
+            with open(tmp, "rb") as raw, gzip.open(tmp_gz, "wb", compresslevel=compression_level) as packed:
+                shutil.copyfileobj(raw, packed, 1 << 22)
+            os.replace(tmp_gz, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; containers running as another user must read it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        tmp_gz.unlink(missing_ok=True)
         raise
     return path
 

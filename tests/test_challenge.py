@@ -80,6 +80,7 @@ def test_label_is_written_as_uint8_on_the_grid(tmp_path):
     path = write_label(np.ones(geom.shape, dtype=np.int64), geom, tmp_path / "x.nii.gz")
     array, back = read_image(path)
     assert array.dtype == np.uint8 and back.mismatch(geom) is None
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by a container's non-root user
     with pytest.raises(ValueError, match="array shape"):
         write_label(np.ones((1, 2, 3), np.uint8), geom, tmp_path / "y.nii.gz")
     assert not (tmp_path / "y.nii.gz").exists()
