@@ -15,6 +15,7 @@ import gzip
 import os
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def read_image(path: str | Path, dtype: type | None = None) -> tuple[np.ndarray,
         raise NiftiError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise NiftiError(f"{path}: empty file")
+    check_gzip_complete(path)
     try:
         reader = sitk.ImageFileReader()
         reader.SetImageIO("NiftiImageIO")
@@ -103,6 +105,30 @@ def read_image(path: str | Path, dtype: type | None = None) -> tuple[np.ndarray,
     if dtype is not None and array.dtype != dtype:
         array = array.astype(dtype)
     return array, Geometry.of(image)
+
+
+def check_gzip_complete(path: Path, chunk: int = 1 << 20) -> None:
+    """Raise NiftiError unless a ``.gz`` file is a complete, intact gzip stream.
+
+    SimpleITK (ITK's NIfTI reader) reads a truncated ``.nii.gz`` without complaint, filling the
+    missing voxels, so the whole stream is inflated here once (CRC and length checked by zlib).
+    """
+    if not path.name.endswith(".gz"):
+        return
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        with path.open("rb") as handle:
+            while data := handle.read(chunk):
+                while data:
+                    inflater.decompress(data, chunk)  # bounded output: memory stays small
+                    if not inflater.eof:
+                        data = inflater.unconsumed_tail
+                    elif data := inflater.unused_data:  # another gzip member follows
+                        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    except zlib.error as err:
+        raise NiftiError(f"{path}: corrupt gzip data ({err})") from None
+    if not inflater.eof:
+        raise NiftiError(f"{path}: truncated (the gzip stream ends early)")
 
 
 def read_geometry(path: str | Path) -> Geometry:

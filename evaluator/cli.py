@@ -1,0 +1,131 @@
+"""``flare-evaluate`` / ``python -m evaluator``: FLARE22 DSC and NSD for a prediction folder.
+
+Subcommands: ``score`` (this issue). New subcommands register themselves in :data:`SUBCOMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("evaluator")
+
+SCORE_EPILOG = """\
+Reads GT_DIR/<Case>.nii.gz (label maps) and PRED_DIR/<Case>.nii.gz (predictions); writes
+OUT_DIR/metrics.csv (one row per GT case: Name, <Organ>_DSC x 13, <Organ>_NSD x 13, DSC_mean,
+NSD_mean, status) and OUT_DIR/summary.json (per-organ mean/median/std, counts by status, versions).
+
+Every GT case gets a row: a missing prediction is `missing`, an unreadable or wrongly shaped one
+`invalid: <reason>`; both score 0 for organs present in the GT (1 for organs absent from it).
+Exit code 0 when scoring ran (even with missing or invalid predictions), 2 for bad arguments.
+
+Modes:
+  flare22  the official FLARE22 numbers (default): aorta, IVC and esophagus cut to GT slices
+           [min, max) as the official code does; header mismatches and values outside 0..13
+           give a warning in `status` and are scored as the official code scores them.
+  strict   the same, but the cut is [min, max] and such predictions are `invalid`.
+
+Examples:
+  python -m evaluator score --gt data/labels --pred results/team/outputs --out results/team
+  python -m evaluator score --gt data/labels --pred preds --out scores --mode strict --workers 2
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_score(subparsers: argparse._SubParsersAction) -> None:
+    from evaluator.metrics import MODES
+
+    p = subparsers.add_parser("score", help="DSC and NSD per organ for a prediction folder",
+                              description="Score a prediction folder against a ground-truth folder, FLARE22 style.",
+                              epilog=SCORE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gt", required=True, type=Path, metavar="GT_DIR", help="folder of <Case>.nii.gz label maps")
+    p.add_argument("--pred", required=True, type=Path, metavar="PRED_DIR", help="folder of <Case>.nii.gz predictions")
+    p.add_argument("--out", required=True, type=Path, metavar="OUT_DIR", help="where metrics.csv and summary.json go")
+    p.add_argument("--mode", choices=tuple(MODES), default="flare22", help="flare22 (default) or strict; see below")
+    p.add_argument("--workers", type=_workers, default=os.cpu_count() or 1,
+                   help="parallel processes (default: the number of cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, only errors")
+    p.set_defaults(run=_run_score, parser=p)
+
+
+def _writable(out: Path) -> str | None:
+    """None if ``out`` can be created and written, else a one-line reason."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe."):
+            pass
+    except OSError as err:
+        return f"--out {out}: not writable ({err.strerror or type(err).__name__})"
+    return None
+
+
+def _run_score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from challenge.cases import list_labels
+    from evaluator.scoring import score_folder, status_kind
+
+    for folder, flag in ((args.gt, "--gt"), (args.pred, "--pred")):
+        if not folder.is_dir():
+            parser.error(f"{flag} {folder}: no such folder")
+    if not list_labels(args.gt):
+        parser.error(f"--gt {args.gt}: no <Case>.nii.gz label maps in it")
+    problem = _writable(args.out)
+    if problem:
+        parser.error(problem)
+    try:
+        table = score_folder(args.gt, args.pred, args.out, mode=args.mode, workers=args.workers,
+                             progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    counts = table["status"].map(status_kind).value_counts().to_dict()
+    log.info("%d cases (%s): DSC_mean %.4f, NSD_mean %.4f -> %s", len(table),
+             ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), table["DSC_mean"].mean(),
+             table["NSD_mean"].mean(), args.out / "metrics.csv")
+    return 0
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_score]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="flare-evaluate", description="FLARE22 evaluation: official DSC and NSD, fast.",
+                     epilog="Example:\n  python -m evaluator score --gt GT_DIR --pred PRED_DIR --out OUT_DIR\n"
+                            "Run `python -m evaluator score --help` for the details.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR if getattr(args, "quiet", False) else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    return args.run(args, args.parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

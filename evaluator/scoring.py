@@ -1,0 +1,257 @@
+"""Score prediction files against ground-truth files: one case (:func:`score_case`) or a folder
+(:func:`score_folder`, which writes ``metrics.csv`` and ``summary.json``).
+
+A case is keyed by its id: GT ``GT_DIR/<Case>.nii.gz``, prediction ``PRED_DIR/<Case>.nii.gz``. Every GT
+case gets a row, whatever happened to its prediction. ``status`` is one of ``ok``, ``ok; warning: ...``,
+``missing``, ``invalid: ...`` (a missing or invalid prediction scores 0 for every organ in the GT and 1
+for every organ absent from it) or ``error: ...`` (the evaluator itself failed on that case; values NaN).
+Values are kept at full precision; round only for display.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from challenge.cases import case_from_label, label_name, list_labels
+from challenge.labels import ORGANS, metric_columns
+from challenge.nifti import Geometry, NiftiError, read_image
+from evaluator.metrics import MODES, OrganScores, clean_labels, empty_prediction_scores, score_arrays
+
+log = logging.getLogger(__name__)
+SUMMARY_COLUMNS = ["DSC_mean", "NSD_mean"]
+PROGRESS_MIN_CASES = 4  # a progress bar only for more than a few cases
+
+
+@dataclass
+class CaseScore:
+    """One case's result: organ short name -> value, and a status string. Plain and picklable."""
+
+    name: str
+    dsc: dict[str, float]
+    nsd: dict[str, float]
+    status: str
+
+    @property
+    def dsc_mean(self) -> float:
+        return float(np.mean([self.dsc[o.short] for o in ORGANS]))
+
+    @property
+    def nsd_mean(self) -> float:
+        return float(np.mean([self.nsd[o.short] for o in ORGANS]))
+
+    def row(self) -> dict:
+        """The metrics.csv row: Name, 13 DSC, 13 NSD, DSC_mean, NSD_mean, status."""
+        values = {f"{o.short}_DSC": self.dsc[o.short] for o in ORGANS}
+        values |= {f"{o.short}_NSD": self.nsd[o.short] for o in ORGANS}
+        return {"Name": self.name, **{c: values[c] for c in metric_columns()},
+                "DSC_mean": self.dsc_mean, "NSD_mean": self.nsd_mean, "status": self.status}
+
+
+def _result(name: str, scores: OrganScores, status: str) -> CaseScore:
+    if status == "ok" and scores.warnings:
+        status = "ok; warning: " + "; ".join(scores.warnings)
+    return CaseScore(name, scores.dsc, scores.nsd, status)
+
+
+def _error_result(name: str, reason: str) -> CaseScore:
+    nan = {o.short: float("nan") for o in ORGANS}
+    return CaseScore(name, dict(nan), dict(nan), f"error: {reason}")
+
+
+def _missing_status(pred_path: Path) -> str:
+    siblings = [p.name for p in pred_path.parent.glob(pred_path.name[: -len(".nii.gz")] + ".*")
+                if p.name != pred_path.name] if pred_path.parent.is_dir() else []
+    return f"missing (found {', '.join(sorted(siblings))})" if siblings else "missing"
+
+
+def score_case(gt_path: str | Path, pred_path: str | Path, mode: str = "flare22", threads: int = 1) -> CaseScore:
+    """Score one prediction file against one GT file (both ``<Case>.nii.gz`` label maps).
+
+    A plain function of its arguments, so a process pool or a distributed engine can run it.
+    Spacing comes from the GT header (mm, (i, j, k) in the file, used in array order (k, j, i)).
+    ``threads``: KD-tree threads for this case (-1 uses every core). Raises NiftiError only when the
+    GT itself cannot be read; every prediction problem is a status.
+    """
+    gt_path, pred_path = Path(gt_path), Path(pred_path)
+    settings = MODES[mode]
+    name = case_from_label(gt_path.name)
+    gt_raw, gt_geometry = read_image(gt_path)
+    gt, gt_outside = clean_labels(gt_raw)
+    del gt_raw
+    warnings = [f"GT has {gt_outside} voxels outside 0..13 (ignored)"] if gt_outside else []
+    if not pred_path.is_file():
+        return _result(name, empty_prediction_scores(gt), _missing_status(pred_path))
+    try:
+        pred_raw, pred_geometry = read_image(pred_path)
+    except NiftiError as err:
+        return _result(name, empty_prediction_scores(gt), f"invalid: {_short(err, pred_path)}")
+    problem = _check_prediction(pred_raw, pred_geometry, gt_geometry, settings.header_mismatch_invalid)
+    if problem is not None and problem[0] == "invalid":
+        return _result(name, empty_prediction_scores(gt), f"invalid: {problem[1]}")
+    if problem is not None:
+        warnings.append(problem[1])
+    pred, outside = clean_labels(pred_raw)
+    del pred_raw
+    if outside:
+        message = f"{outside} voxels with values outside 0..13"
+        if settings.out_of_range_invalid:
+            return _result(name, empty_prediction_scores(gt), f"invalid: {message}")
+        warnings.append(message + " (ignored, as the official code does)")
+    scores = score_arrays(gt, pred, gt_geometry.spacing_kji, settings, threads)
+    scores.warnings[:0] = warnings
+    return _result(name, scores, "ok")
+
+
+def _short(err: Exception, path: Path) -> str:
+    """The reason without the directory (the CSV row already names the case)."""
+    return str(err).replace(str(path), path.name)
+
+
+def _check_prediction(pred: np.ndarray, pred_geometry: Geometry, gt_geometry: Geometry,
+                      header_invalid: bool) -> tuple[str, str] | None:
+    """('invalid'|'warning', reason) for a wrong shape or a grid that differs from the GT's, else None."""
+    if pred.shape != gt_geometry.shape:
+        return "invalid", f"shape {pred.shape} != GT shape {gt_geometry.shape} (k, j, i)"
+    mismatch = gt_geometry.mismatch(pred_geometry)
+    if mismatch is None:
+        return None
+    if header_invalid:
+        return "invalid", f"header differs from the GT: {mismatch}"
+    return "warning", f"header differs from the GT ({mismatch}); scored on the arrays as the official code does"
+
+
+@dataclass
+class FolderSettings:
+    mode: str = "flare22"
+    workers: int | None = None  # None: one per core
+    progress: bool = True
+
+
+def score_folder(gt_dir: str | Path, pred_dir: str | Path, out_dir: str | Path, mode: str = "flare22",
+                 workers: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Score every GT case in ``gt_dir`` against ``pred_dir``; write metrics.csv and summary.json to ``out_dir``.
+
+    Returns the metrics table (one row per GT case, sorted by case id). Raises ValueError for a mode
+    that does not exist, FileNotFoundError when a folder is missing or ``gt_dir`` holds no case.
+    """
+    settings = FolderSettings(mode, workers or os.cpu_count() or 1, progress)
+    if mode not in MODES:
+        raise ValueError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+    gt_dir, pred_dir, out_dir = Path(gt_dir), Path(pred_dir), Path(out_dir)
+    for folder, what in ((gt_dir, "--gt"), (pred_dir, "--pred")):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{what} {folder}: no such folder")
+    cases = list_labels(gt_dir)
+    if not cases:
+        raise FileNotFoundError(f"--gt {gt_dir}: no <Case>.nii.gz label maps in it")
+    results = _run(cases, pred_dir, settings)
+    table = pd.DataFrame([r.row() for r in results])
+    extra = _extra_files(cases, pred_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out_dir / "metrics.csv", lambda f: table.to_csv(f, index=False))
+    summary = summarize(table, mode, extra)
+    _atomic_write(out_dir / "summary.json", lambda f: json.dump(summary, f, indent=2, allow_nan=True))
+    return table
+
+
+def _run(cases: dict[str, Path], pred_dir: Path, settings: FolderSettings) -> list[CaseScore]:
+    jobs = {name: (gt, pred_dir / label_name(name)) for name, gt in cases.items()}
+    bar = tqdm(total=len(jobs), desc="scoring", unit="case", file=sys.stderr,
+               disable=not settings.progress or len(jobs) < PROGRESS_MIN_CASES)
+    results: dict[str, CaseScore] = {}
+    if settings.workers <= 1 or len(jobs) == 1:
+        for name, (gt, pred) in jobs.items():
+            results[name] = _guarded(name, score_case, gt, pred, settings.mode, -1)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=min(settings.workers, len(jobs))) as pool:
+            futures = {pool.submit(score_case, gt, pred, settings.mode, 1): name
+                       for name, (gt, pred) in jobs.items()}
+            for future in as_completed(futures):
+                name = futures[future]
+                results[name] = _guarded(name, future.result)
+                bar.update()
+    bar.close()
+    return [results[name] for name in sorted(results)]
+
+
+def _guarded(name: str, call: Callable, *args) -> CaseScore:
+    """Run one case; an unexpected failure becomes that case's ``error`` row instead of stopping the run."""
+    try:
+        return call(*args)
+    except Exception as err:  # noqa: BLE001  (one bad case never stops the others)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log.error("%s: %s", name, reason)
+        return _error_result(name, reason)
+
+
+def _extra_files(cases: dict[str, Path], pred_dir: Path) -> list[str]:
+    """Files in the prediction folder that belong to no GT case (reported, never scored)."""
+    expected = {label_name(name) for name in cases}
+    return sorted(p.name for p in pred_dir.iterdir() if p.name not in expected)
+
+
+def status_kind(status: str) -> str:
+    """``ok``, ``warning``, ``missing``, ``invalid`` or ``error``."""
+    if status.startswith("ok; warning"):
+        return "warning"
+    return status.split(":")[0].split(" ")[0]
+
+
+def summarize(table: pd.DataFrame, mode: str, extra: list[str]) -> dict:
+    """Per-organ and overall mean, median and population std (ddof=0) over cases; counts by status."""
+    stats = {}
+    for column in metric_columns() + SUMMARY_COLUMNS:
+        values = table[column].astype(float)
+        stats[column] = {"mean": _num(values.mean()), "median": _num(values.median()),
+                         "std": _num(values.std(ddof=0))}
+    counts = table["status"].map(status_kind).value_counts().to_dict()
+    return {
+        "mode": mode,
+        "cases": len(table),
+        "status_counts": {k: int(counts.get(k, 0)) for k in ("ok", "warning", "missing", "invalid", "error")},
+        "DSC_mean": stats["DSC_mean"]["mean"],
+        "NSD_mean": stats["NSD_mean"]["mean"],
+        "metrics": stats,
+        "extra_files_in_pred_dir": extra,
+        "versions": versions(),
+    }
+
+
+def _num(value: float) -> float | None:
+    return None if pd.isna(value) else float(value)
+
+
+def versions() -> dict[str, str]:
+    import scipy
+    import SimpleITK
+
+    from evaluator import __version__
+
+    return {"evaluator": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "scipy": scipy.__version__, "SimpleITK": SimpleITK.Version_VersionString(), "pandas": pd.__version__}
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
