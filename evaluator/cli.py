@@ -104,7 +104,60 @@ def _run_score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_score]
+RANK_EPILOG = """\
+Reads RESULTS_DIR/<team>/efficiency.csv (the resource monitor's flare22 figures) and
+RESULTS_DIR/<team>/outputs/ for every team folder, scores the outputs into
+RESULTS_DIR/<team>/metrics.csv when that file is missing, and ranks the teams over the GT cases with
+FLARE22's rank-then-aggregate scheme: per case and metric the teams are ranked (ties take the minimum
+rank), and a team's score is the mean over cases of (r_DSC + r_NSD + r_Time + 0.5 r_GPU + 0.5 r_CPU) / 4.
+A case that did not run ok, or whose prediction is missing or invalid, takes the official worst values.
+Also: bootstrap rank stability with Kendall's tau, and pairwise one-sided Wilcoxon tests (Holm).
+
+Writes LEADERBOARD_DIR/leaderboard.csv, leaderboard.json, case_ranks.csv, bootstrap_ranks.csv,
+pairwise.csv and a self-contained index.html.
+
+Example:
+  python -m evaluator rank --results out/results --gt data/labels --out out/leaderboard
+"""
+
+
+def _add_rank(subparsers: argparse._SubParsersAction) -> None:
+    from evaluator.metrics import MODES
+
+    p = subparsers.add_parser("rank", help="rank the teams of a results folder and write the report",
+                              description="FLARE22 leaderboard from the monitor's results and the GT.",
+                              epilog=RANK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", required=True, type=Path, metavar="RESULTS_DIR", help="one sub-folder per team")
+    p.add_argument("--gt", required=True, type=Path, metavar="GT_DIR", help="folder of <Case>.nii.gz label maps")
+    p.add_argument("--out", required=True, type=Path, metavar="LEADERBOARD_DIR", help="where the report goes")
+    p.add_argument("--mode", choices=tuple(MODES), default="flare22", help="scoring mode for unscored teams")
+    p.add_argument("--workers", type=_workers, default=os.cpu_count() or 1, help="scoring processes")
+    p.add_argument("--bootstrap", type=_workers, default=1000, help="bootstrap samples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    p.set_defaults(run=_run_rank, parser=p)
+
+
+def _run_rank(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from evaluator.leaderboard import LeaderboardSettings, rank_results
+    from evaluator.ranking import RankingSettings
+
+    for folder, flag in ((args.gt, "--gt"), (args.results, "--results")):
+        if not folder.is_dir():
+            parser.error(f"{flag} {folder}: no such folder")
+    problem = _writable(args.out)
+    if problem:
+        parser.error(problem)
+    settings = LeaderboardSettings(args.mode, args.workers, RankingSettings(args.bootstrap, args.seed))
+    try:
+        index = rank_results(args.results, args.gt, args.out, settings)
+    except ValueError as err:
+        parser.error(str(err))
+    print(index)
+    return 0
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_score, _add_rank]
 
 
 def build_parser() -> argparse.ArgumentParser:

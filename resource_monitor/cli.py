@@ -1,0 +1,144 @@
+"""``flare-monitor`` / ``python -m resource_monitor``: run a submission once per case and measure it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from challenge import rules
+
+EPILOG = """\
+For each <Case>_0000.nii.gz in CASES_DIR (sorted), a fresh input folder holding only that file is
+mounted read-only at /workspace/inputs and a fresh output folder at /workspace/outputs, and the image
+runs `/bin/bash -c "sh predict.sh"` sandboxed: no network, all capabilities dropped,
+no-new-privileges, pids/memory/shm limits, optional CPU quota, killed after --timeout.
+
+Writes RESULTS_DIR/<team>/: outputs/<Case>.nii.gz, cases/<Case>.json (+ .log), plots/<Case>.png,
+efficiency.csv (official FLARE22 figures), efficiency_accurate.csv (per-container figures), run.json.
+
+Examples:
+  python -m resource_monitor run --image flare-predictor:latest --inputs data/images --results out/results
+  python -m resource_monitor run --archive teams/baseline.tar.gz --inputs data/images --results out/results
+  python -m resource_monitor run --command "python -m predictor -i {inputs} -o {outputs}" \\
+      --team local --inputs data/images --results out/results        # no Docker: a host command per case
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _size(text: str) -> str:
+    if not re.fullmatch(r"\d+(\.\d+)?[bkmg]?", text.lower()):
+        raise argparse.ArgumentTypeError(f"not a size like 28g or 512m: {text!r}")
+    return text.lower()
+
+
+def _gpu(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a GPU index or 'none', got {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="flare-monitor", description="FLARE22 resource monitor: run and measure a submission.",
+                     epilog="Run `python -m resource_monitor run --help` for the details.")
+    sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    p = sub.add_parser("run", help="run a submission on every case", description=__doc__, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", help="a local image NAME[:TAG]")
+    what.add_argument("--archive", type=Path, help="a `docker save` archive TEAM.tar.gz holding TEAM:latest")
+    what.add_argument("--command", help="local mode: a host command with {inputs} and {outputs}")
+    p.add_argument("--inputs", required=True, type=Path, metavar="CASES_DIR", help="<Case>_0000.nii.gz images")
+    p.add_argument("--results", required=True, type=Path, metavar="RESULTS_DIR", help="results root")
+    p.add_argument("--team", help="team name (default: from the archive, the image's repository, or 'local')")
+    p.add_argument("--gpu", type=_gpu, default=-1, metavar="INDEX|none",
+                   help="GPU index for docker and NVML (default: 0 if an NVIDIA GPU is present, else none)")
+    p.add_argument("--timeout", type=_positive, default=rules.TIME_LIMIT_S, help="seconds per case (default 3600)")
+    p.add_argument("--interval", type=_positive, default=rules.SAMPLE_INTERVAL_S, help="sampling period (0.1 s)")
+    p.add_argument("--memory", type=_size, default="28g", help="container memory limit, no swap (default 28g)")
+    p.add_argument("--shm-size", type=_size, default="28g", help="container /dev/shm size (default 28g)")
+    p.add_argument("--cpus", type=_positive, help="CPU quota in cores (default: none)")
+    p.add_argument("--cases", default="*", metavar="GLOB", help="only cases whose id matches (default all)")
+    p.add_argument("--writable-inputs", action="store_true", help="mount the per-case input copy read-write")
+    p.add_argument("--resume", action="store_true", help="skip cases already finished in RESULTS_DIR")
+    p.add_argument("--no-plots", action="store_true", help="skip the per-case PNGs")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def _team_from_image(image: str) -> str:
+    return image.rsplit("/", 1)[-1].split("@")[0].split(":")[0].lower()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from resource_monitor.gpu import default_gpu_index
+    from resource_monitor.monitor import MonitorError, load_archive, run_team, select_cases
+    from resource_monitor.settings import RunSettings
+
+    if not args.inputs.is_dir():
+        parser.error(f"--inputs {args.inputs}: no such folder")
+    if args.archive is not None and not args.archive.is_file():
+        parser.error(f"--archive {args.archive}: no such file")
+    try:
+        args.results.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=args.results).close()
+    except OSError as err:
+        parser.error(f"--results {args.results}: not writable ({err.strerror})")
+    try:
+        select_cases(args.inputs, args.cases)
+    except MonitorError as err:
+        parser.error(str(err))
+    gpu = default_gpu_index() if args.gpu == -1 else args.gpu
+    image, client = args.image, None
+    try:
+        if args.command is None:
+            client = _docker_client(parser)
+            if args.archive is not None:
+                team, image = load_archive(client, args.archive)
+                args.team = args.team or team
+        team = args.team or ("local" if args.command else _team_from_image(image))
+        settings = RunSettings(inputs=args.inputs, results=args.results, team=team, image=image, command=args.command,
+                               gpu=gpu, timeout_s=args.timeout, interval_s=args.interval, memory=args.memory,
+                               shm_size=args.shm_size, cpus=args.cpus, cases_glob=args.cases,
+                               writable_inputs=args.writable_inputs, resume=args.resume, plots=not args.no_plots)
+        team_dir = run_team(settings, client)
+    except MonitorError as err:
+        print(f"flare-monitor: error: {err}", file=sys.stderr)
+        return 2
+    print(team_dir / "efficiency.csv")
+    return 0
+
+
+def _docker_client(parser: argparse.ArgumentParser):
+    try:
+        import docker
+
+        client = docker.from_env(timeout=600)
+        client.ping()
+        return client
+    except Exception as err:  # noqa: BLE001 - any failure means no engine
+        parser.error(f"no Docker engine answers ({str(err).splitlines()[0][:150]}); run docker/engine.sh, "
+                     "or use --command for local mode")

@@ -1,0 +1,125 @@
+"""From a sampled :class:`~resource_monitor.sampling.Series` to efficiency figures, in two modes.
+
+flare22 (efficiency.csv): the official load_json.py definitions (JunMa11/FLARE, FLARE22/Evaluation):
+  CPU%     = 100 - 100*d_idle/(d_user + d_system + d_idle + 0.1), from system-wide cpu_times deltas
+  GPU      = NVML device-wide used MiB;   RAM = system used MiB
+  AUC_x    = interval * sum(x)            (every sample is credited one interval, as the official code did)
+  GPU_Mem  = the "stable max": the largest value seen in more than 2 % of the samples
+  AUC_GPU_Time_tol2G = interval * sum(max(0, GPU - 2048))
+  a timed-out case gets Time 3600, AUC_GPU_Time_tol2G 29491200 and AUC_CPU_Time 360000.
+accurate (efficiency_accurate.csv): the target's own resources, integrated with the trapezoid rule over
+  the real sample times; CPU in core-seconds from its cgroup (containers) or process tree (local mode);
+  GPU from NVML per-process memory of its PIDs; start-up separated from run time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from challenge import rules
+from resource_monitor.sampling import Series
+
+FLARE22_COLUMNS = ["Name", "Time", "GPU_Mem", "AUC_GPU_Time", "AUC_GPU_Time_tol2G", "CPU_Utilization",
+                   "AUC_CPU_Time", "RAM", "AUC_RAM_Time", "status"]
+ACCURATE_COLUMNS = ["Name", "status", "startup_s", "run_s", "wall_s", "cpu_core_s", "cpu_mean_cores",
+                    "cpu_peak_cores", "memory_peak_mib", "memory_auc_mib_s", "gpu_process_peak_mib",
+                    "gpu_process_auc_mib_s", "gpu_device_peak_mib", "gpu_device_auc_mib_s",
+                    "gpu_device_auc_tol2g_mib_s", "samples", "mean_period_s"]
+
+
+@dataclass
+class Timeline:
+    """Monotonic seconds since the sampler started."""
+
+    started: float  # the target is running (container started / process spawned)
+    exited: float  # the target exited (or was killed)
+
+
+def official_cpu_percent(series: Series) -> np.ndarray:
+    """Per-sample "used" CPU % with the official formula and its +0.1 s denominator bias."""
+    times = np.array([series.cpu_before, *series.cpu_times], dtype=float)
+    d = np.diff(times, axis=0)  # (n, 3): user, system, idle
+    idle_pct = 100.0 * d[:, 2] / (d.sum(axis=1) + rules.CPU_DENOMINATOR_BIAS)
+    return 100.0 - idle_pct
+
+
+def stable_max(values: list[float]) -> float | None:
+    """The largest value occurring in more than 2 % of the samples; the plain max if none does (the
+    official code crashed there); None for no samples."""
+    if not values:
+        return None
+    counts = Counter(values)
+    stable = [v for v, c in counts.items() if c > rules.STABLE_MAX_FRACTION * len(values)]
+    return max(stable) if stable else max(values)
+
+
+def flare22_figures(series: Series, time_s: float, timed_out: bool) -> dict:
+    """The efficiency.csv row (without Name and status). GPU columns are None without a GPU."""
+    dt = series.interval_s
+    cpu = official_cpu_percent(series) if len(series) else np.zeros(0)
+    ram = np.asarray(series.ram_used_mib, dtype=float)
+    gpu_values = [v for v in series.gpu_device_mib if v is not None]
+    has_gpu = bool(gpu_values)
+    gpu = np.asarray(gpu_values, dtype=float)
+    row = {
+        "Time": round(time_s, 2),
+        "GPU_Mem": round(stable_max(gpu_values)) if has_gpu else None,
+        "AUC_GPU_Time": float(np.round(gpu.sum() * dt)) if has_gpu else None,
+        "AUC_GPU_Time_tol2G": round(float(np.maximum(gpu - rules.GPU_TOLERANCE_MIB, 0).sum() * dt), 2)
+        if has_gpu else None,
+        "CPU_Utilization": round(float(cpu.max()), 2) if len(cpu) else 0.0,
+        "AUC_CPU_Time": round(float(cpu.sum() * dt), 2),
+        "RAM": round(float(ram.max()), 2) if len(ram) else 0.0,
+        "AUC_RAM_Time": round(float(ram.sum() * dt), 2),
+    }
+    if timed_out:
+        row.update(Time=rules.PENALTY_TIME_S, AUC_GPU_Time_tol2G=float(rules.PENALTY_AUC_GPU_TOL2G),
+                   AUC_CPU_Time=float(rules.PENALTY_AUC_CPU))
+    return row
+
+
+def _trapezoid(t: np.ndarray, y: list[float | None]) -> tuple[float | None, float | None]:
+    """(peak, trapezoid integral over t) of the non-missing values; (None, None) if all are missing."""
+    mask = np.array([v is not None for v in y], dtype=bool)
+    if not mask.any():
+        return None, None
+    v = np.asarray([x for x in y if x is not None], dtype=float)
+    return float(v.max()), float(np.trapezoid(v, t[mask])) if mask.sum() > 1 else 0.0
+
+
+def accurate_figures(series: Series, timeline: Timeline, cpu_total_s: float | None) -> dict:
+    """The efficiency_accurate.csv row (without Name and status).
+
+    ``cpu_total_s``: the target's CPU time (core-seconds) over its whole life where the runner knows it
+    exactly (e.g. a process's final rusage); else the last cgroup/process-tree reading is used.
+    """
+    t = np.asarray(series.t, dtype=float)
+    cpu_s = [v for v in series.target_cpu_s if v is not None]
+    cpu_core_s = cpu_total_s if cpu_total_s is not None else (max(cpu_s) if cpu_s else None)
+    run_s = max(timeline.exited - timeline.started, 0.0)
+    peak_cores = None
+    if len(cpu_s) > 1:
+        tc = t[[v is not None for v in series.target_cpu_s]]
+        rates = np.diff(cpu_s) / np.maximum(np.diff(tc), 1e-9)
+        peak_cores = float(rates.max())
+    mem_peak, mem_auc = _trapezoid(t, series.target_memory_mib)
+    gp_peak, gp_auc = _trapezoid(t, series.gpu_process_mib)
+    gd_peak, gd_auc = _trapezoid(t, series.gpu_device_mib)
+    tol = [None if v is None else max(0.0, v - rules.GPU_TOLERANCE_MIB) for v in series.gpu_device_mib]
+    _, gd_tol = _trapezoid(t, tol)
+    return {
+        "startup_s": round(timeline.started, 4),
+        "run_s": round(run_s, 4),
+        "wall_s": round(timeline.exited, 4),
+        "cpu_core_s": None if cpu_core_s is None else round(cpu_core_s, 4),
+        "cpu_mean_cores": None if cpu_core_s is None or run_s == 0 else round(cpu_core_s / run_s, 4),
+        "cpu_peak_cores": None if peak_cores is None else round(peak_cores, 4),
+        "memory_peak_mib": mem_peak, "memory_auc_mib_s": mem_auc,
+        "gpu_process_peak_mib": gp_peak, "gpu_process_auc_mib_s": gp_auc,
+        "gpu_device_peak_mib": gd_peak, "gpu_device_auc_mib_s": gd_auc, "gpu_device_auc_tol2g_mib_s": gd_tol,
+        "samples": len(series),
+        "mean_period_s": round(float(np.diff(t).mean()), 5) if len(t) > 1 else None,
+    }

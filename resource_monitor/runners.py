@@ -1,0 +1,215 @@
+"""What runs one case: a sandboxed container (:class:`DockerRunner`) or a host command
+(:class:`LocalRunner`, for development and machines with no Docker). Both give the sampler a probe of
+the target and return an :class:`Outcome`; nothing else in the monitor knows which one ran."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import resource
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+
+from challenge import rules
+from resource_monitor.cgroups import Cgroup, cgroup_of
+from resource_monitor.efficiency import Timeline
+from resource_monitor.sampling import Sampler
+
+log = logging.getLogger(__name__)
+LABEL_RUN = "flare-harness.run"
+LABEL_PID = "flare-harness.monitor-pid"
+LABEL_HOST = "flare-harness.host"
+
+
+@dataclass
+class Outcome:
+    exit_code: int | None
+    timed_out: bool
+    oom: bool
+    log: str
+    timeline: Timeline
+    params: dict
+    error: str | None = None  # the run could not start (e.g. the image is missing)
+    cpu_total_s: float | None = None  # exact CPU core-seconds where the runner knows them
+    extra: dict = field(default_factory=dict)
+
+
+class CaseRunner(Protocol):
+    def run(self, case: str, in_dir: Path, out_dir: Path, sampler: Sampler, timeout_s: float) -> Outcome: ...
+
+
+class CgroupProbe:
+    """A container measured through its cgroup (CPU core-seconds, memory MiB, member PIDs)."""
+
+    def __init__(self, cgroup: Cgroup):
+        self.cgroup = cgroup
+
+    def pids(self) -> set[int]:
+        return self.cgroup.pids()
+
+    def cpu_seconds(self) -> float | None:
+        return self.cgroup.cpu_seconds()
+
+    def memory_mib(self) -> float | None:
+        return self.cgroup.memory_mib()
+
+
+class ProcessTreeProbe:
+    """A host process and its descendants, through psutil. CPU time of children that already exited
+    is kept from their last reading, so the total does not drop when a child ends."""
+
+    def __init__(self, pid: int):
+        self.root = psutil.Process(pid)
+        self._last: dict[int, float] = {}
+
+    def _tree(self) -> list[psutil.Process]:
+        return [self.root, *self.root.children(recursive=True)]
+
+    def pids(self) -> set[int]:
+        return {p.pid for p in self._tree()}
+
+    def cpu_seconds(self) -> float | None:
+        for proc in self._tree():
+            try:
+                t = proc.cpu_times()
+                self._last[proc.pid] = t.user + t.system
+            except psutil.Error:
+                continue
+        return sum(self._last.values())
+
+    def memory_mib(self) -> float | None:
+        total = 0
+        for proc in self._tree():
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        return total / float(1 << 20)
+
+
+class DockerRunner:
+    """Runs ``IMAGE /bin/bash -c "sh predict.sh"`` with the case folders mounted, sandboxed:
+    no network, all capabilities dropped, no-new-privileges, pids/memory/shm limits, optional CPU quota,
+    read-only inputs; killed and removed after ``timeout_s``."""
+
+    def __init__(self, client, image: str, run_id: str, settings):
+        self.client, self.image, self.run_id, self.settings = client, image, run_id, settings
+
+    def params(self, case: str, in_dir: Path, out_dir: Path) -> dict:
+        s = self.settings
+        params = {
+            "image": self.image, "command": list(rules.CONTAINER_COMMAND),
+            "name": f"flare-{s.team}-{case}-{self.run_id[:8]}".replace("/", "-")[:120],
+            "network_mode": "none", "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
+            "pids_limit": s.pids_limit, "mem_limit": s.memory, "memswap_limit": s.memory,
+            "shm_size": s.shm_size, "privileged": False,
+            "volumes": {str(in_dir): {"bind": rules.CONTAINER_INPUTS, "mode": "rw" if s.writable_inputs else "ro"},
+                        str(out_dir): {"bind": rules.CONTAINER_OUTPUTS, "mode": "rw"}},
+            "labels": {LABEL_RUN: self.run_id, LABEL_PID: str(os.getpid()), LABEL_HOST: os.uname().nodename},
+        }
+        if s.cpus:
+            params["nano_cpus"] = int(s.cpus * 1e9)
+        if s.gpu is not None:
+            # Untested here (no host with both Docker and a GPU): `--gpus "device=<index>"` in SDK form.
+            params["device_requests"] = [{"Driver": "", "DeviceIDs": [str(s.gpu)], "Capabilities": [["gpu"]]}]
+        return params
+
+    def run(self, case: str, in_dir: Path, out_dir: Path, sampler: Sampler, timeout_s: float) -> Outcome:
+        import requests
+
+        import docker
+
+        params = self.params(case, in_dir, out_dir)
+        sdk = dict(params)
+        if "device_requests" in sdk:
+            sdk["device_requests"] = [docker.types.DeviceRequest(
+                device_ids=r["DeviceIDs"], capabilities=r["Capabilities"]) for r in sdk["device_requests"]]
+        now = lambda: time.monotonic() - sampler.t0  # noqa: E731
+        try:
+            container = self.client.containers.create(detach=True, **sdk)
+        except docker.errors.DockerException as err:
+            return Outcome(None, False, False, "", Timeline(now(), now()), params, error=_one_line(err))
+        timed_out, exit_code = False, None
+        try:
+            container.start()
+            started = now()
+            container.reload()
+            try:
+                sampler.probe = CgroupProbe(cgroup_of(container.attrs["State"]["Pid"]))
+            except (OSError, ValueError) as err:  # exited already, or an unknown cgroup layout
+                log.debug("%s: no cgroup probe (%s)", case, err)
+            try:
+                exit_code = container.wait(timeout=max(timeout_s - now(), 0.1))["StatusCode"]
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                timed_out = True
+                container.kill()
+                container.wait(timeout=30)
+            exited = now()
+            container.reload()
+            state = container.attrs["State"]
+            oom = bool(state.get("OOMKilled"))
+            exit_code = state.get("ExitCode", exit_code)
+            text = container.logs(stdout=True, stderr=True).decode("utf-8", errors="replace")
+            return Outcome(exit_code, timed_out, oom, text, Timeline(started, exited), params,
+                           extra={"container_id": container.id})
+        except docker.errors.DockerException as err:
+            return Outcome(exit_code, timed_out, False, "", Timeline(now(), now()), params, error=_one_line(err))
+        finally:
+            sampler.probe = None
+            try:
+                container.remove(force=True)
+            except docker.errors.DockerException as err:
+                log.warning("%s: could not remove container %s (%s)", case, container.short_id, err)
+
+
+class LocalRunner:
+    """Runs a host command per case, e.g. ``python -m predictor -i {inputs} -o {outputs}``, in its own
+    process group (killed whole on timeout). No sandbox: for development and hosts without Docker."""
+
+    def __init__(self, command: str, log_dir: Path):
+        self.command, self.log_dir = command, log_dir
+
+    def run(self, case: str, in_dir: Path, out_dir: Path, sampler: Sampler, timeout_s: float) -> Outcome:
+        argv = [a.format(inputs=in_dir, outputs=out_dir) for a in shlex.split(self.command)]
+        params = {"argv": argv, "timeout_s": timeout_s}
+        now = lambda: time.monotonic() - sampler.t0  # noqa: E731
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f".{case}.local.log"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with log_path.open("wb") as log_file:
+            try:
+                proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+            except OSError as err:
+                return Outcome(None, False, False, "", Timeline(now(), now()), params, error=_one_line(err))
+            started = now()
+            with contextlib.suppress(psutil.Error):
+                sampler.probe = ProcessTreeProbe(proc.pid)
+            timed_out = False
+            try:
+                proc.wait(timeout=max(timeout_s - now(), 0.1))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            exited = now()
+            sampler.probe = None
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        text = log_path.read_text(errors="replace")
+        log_path.unlink(missing_ok=True)
+        oom = proc.returncode == -signal.SIGKILL and not timed_out
+        return Outcome(proc.returncode, timed_out, oom, text, Timeline(started, exited), params, cpu_total_s=cpu)
+
+
+def _one_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:300]
