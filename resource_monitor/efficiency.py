@@ -24,7 +24,8 @@ from resource_monitor.sampling import Series
 
 FLARE22_COLUMNS = ["Name", "Time", "GPU_Mem", "AUC_GPU_Time", "AUC_GPU_Time_tol2G", "CPU_Utilization",
                    "AUC_CPU_Time", "RAM", "AUC_RAM_Time", "status"]
-ACCURATE_COLUMNS = ["Name", "status", "startup_s", "run_s", "wall_s", "cpu_core_s", "cpu_mean_cores",
+ACCURATE_COLUMNS = ["Name", "status", "create_s", "startup_s", "first_seen_s", "run_s", "wall_s", "cpu_core_s",
+                    "cpu_mean_cores",
                     "cpu_peak_cores", "memory_peak_mib", "memory_auc_mib_s", "gpu_process_peak_mib",
                     "gpu_process_auc_mib_s", "gpu_device_peak_mib", "gpu_device_auc_mib_s",
                     "gpu_device_auc_tol2g_mib_s", "samples", "mean_period_s"]
@@ -36,6 +37,7 @@ class Timeline:
 
     started: float  # the target is running (container started / process spawned)
     exited: float  # the target exited (or was killed)
+    created: float | None = None  # the container exists (docker create returned); None in local mode
 
 
 def official_cpu_percent(series: Series) -> np.ndarray:
@@ -64,21 +66,25 @@ def flare22_figures(series: Series, time_s: float, timed_out: bool) -> dict:
     gpu_values = [v for v in series.gpu_device_mib if v is not None]
     has_gpu = bool(gpu_values)
     gpu = np.asarray(gpu_values, dtype=float)
+    # Rounded exactly where, and as, load_json.py rounded (np.round, half to even); tol2G is ours: 2 decimals.
     row = {
-        "Time": round(time_s, 2),
-        "GPU_Mem": round(stable_max(gpu_values)) if has_gpu else None,
-        "AUC_GPU_Time": float(np.round(gpu.sum() * dt)) if has_gpu else None,
-        "AUC_GPU_Time_tol2G": round(float(np.maximum(gpu - rules.GPU_TOLERANCE_MIB, 0).sum() * dt), 2)
-        if has_gpu else None,
-        "CPU_Utilization": round(float(cpu.max()), 2) if len(cpu) else 0.0,
-        "AUC_CPU_Time": round(float(cpu.sum() * dt), 2),
-        "RAM": round(float(ram.max()), 2) if len(ram) else 0.0,
-        "AUC_RAM_Time": round(float(ram.sum() * dt), 2),
+        "Time": _r(time_s, 2),
+        "GPU_Mem": _r(stable_max(gpu_values), 0) if has_gpu else None,
+        "AUC_GPU_Time": _r(gpu.sum() * dt, 0) if has_gpu else None,
+        "AUC_GPU_Time_tol2G": _r(np.maximum(gpu - rules.GPU_TOLERANCE_MIB, 0).sum() * dt, 2) if has_gpu else None,
+        "CPU_Utilization": _r(cpu.max(), 2) if len(cpu) else 0.0,
+        "AUC_CPU_Time": _r(cpu.sum() * dt, 2),
+        "RAM": _r(ram.max(), 2) if len(ram) else 0.0,
+        "AUC_RAM_Time": _r(ram.sum() * dt, 0),
     }
     if timed_out:
         row.update(Time=rules.PENALTY_TIME_S, AUC_GPU_Time_tol2G=float(rules.PENALTY_AUC_GPU_TOL2G),
                    AUC_CPU_Time=float(rules.PENALTY_AUC_CPU))
     return row
+
+
+def _r(value: float, decimals: int) -> float:
+    return float(np.round(value, decimals))
 
 
 def _trapezoid(t: np.ndarray, y: list[float | None]) -> tuple[float | None, float | None]:
@@ -105,13 +111,16 @@ def accurate_figures(series: Series, timeline: Timeline, cpu_total_s: float | No
         tc = t[[v is not None for v in series.target_cpu_s]]
         rates = np.diff(cpu_s) / np.maximum(np.diff(tc), 1e-9)
         peak_cores = float(rates.max())
+    seen = [ti for ti, v in zip(t, series.target_cpu_s, strict=True) if v is not None]
     mem_peak, mem_auc = _trapezoid(t, series.target_memory_mib)
     gp_peak, gp_auc = _trapezoid(t, series.gpu_process_mib)
     gd_peak, gd_auc = _trapezoid(t, series.gpu_device_mib)
     tol = [None if v is None else max(0.0, v - rules.GPU_TOLERANCE_MIB) for v in series.gpu_device_mib]
     _, gd_tol = _trapezoid(t, tol)
     return {
+        "create_s": None if timeline.created is None else round(timeline.created, 4),
         "startup_s": round(timeline.started, 4),
+        "first_seen_s": round(float(seen[0]), 4) if seen else None,
         "run_s": round(run_s, 4),
         "wall_s": round(timeline.exited, 4),
         "cpu_core_s": None if cpu_core_s is None else round(cpu_core_s, 4),

@@ -129,8 +129,10 @@ def run_case(case: str, image: Path, runner: CaseRunner, settings: RunSettings, 
         started_utc = datetime.now(timezone.utc).isoformat()
         sampler.start()
         outcome = runner.run(case, in_dir, out_dir, sampler, settings.timeout_s)
-        time_s = time.monotonic() - sampler.t0
+        teardown_end = time.monotonic() - sampler.t0
         series = sampler.stop()
+        # The Time ends at the target's exit; the official run also timed `--rm` (teardown_end).
+        time_s = outcome.timeline.exited if outcome.error is None else teardown_end
         collected_path, refused, unexpected = None, None, []
         if outcome.error is None and not outcome.timed_out:
             got = collect_output(case, out_dir, team_dir / "outputs", settings.output_cap_bytes)
@@ -140,8 +142,9 @@ def run_case(case: str, image: Path, runner: CaseRunner, settings: RunSettings, 
     (team_dir / "cases" / f"{case}.log").write_text(outcome.log)
     record = {
         "case": case, "status": status, "finished": True,
-        "started_utc": started_utc, "time_s": time_s,
-        "startup_s": outcome.timeline.started, "exited_s": outcome.timeline.exited,
+        "started_utc": started_utc, "time_s": time_s, "time_s_with_teardown": teardown_end,
+        "created_s": outcome.timeline.created, "startup_s": outcome.timeline.started,
+        "exited_s": outcome.timeline.exited,
         "exit_code": outcome.exit_code, "oom": outcome.oom, "timed_out": outcome.timed_out,
         "log_tail": outcome.log.splitlines()[-settings.log_tail_lines:], "log_file": f"{case}.log",
         "unexpected_outputs": unexpected, "params": outcome.params, **outcome.extra,

@@ -47,19 +47,13 @@ class CaseRunner(Protocol):
 
 
 class CgroupProbe:
-    """A container measured through its cgroup (CPU core-seconds, memory MiB, member PIDs)."""
+    """A container measured through its cgroup (member PIDs, CPU core-seconds, memory MiB)."""
 
     def __init__(self, cgroup: Cgroup):
         self.cgroup = cgroup
 
-    def pids(self) -> set[int]:
-        return self.cgroup.pids()
-
-    def cpu_seconds(self) -> float | None:
-        return self.cgroup.cpu_seconds()
-
-    def memory_mib(self) -> float | None:
-        return self.cgroup.memory_mib()
+    def read(self) -> tuple[set[int], float | None, float | None]:
+        return self.cgroup.pids(), self.cgroup.cpu_seconds(), self.cgroup.memory_mib()
 
 
 class ProcessTreeProbe:
@@ -71,28 +65,32 @@ class ProcessTreeProbe:
         self._last: dict[int, float] = {}
 
     def _tree(self) -> list[psutil.Process]:
-        return [self.root, *self.root.children(recursive=True)]
+        """The root and its descendants. /proc/<pid>/task/<tid>/children is read where the kernel has it:
+        psutil's children() scans every process on the host, which tripled the sampling overhead."""
+        try:
+            procs, queue = [], [self.root.pid]
+            while queue:
+                pid = queue.pop()
+                procs.append(psutil.Process(pid) if pid != self.root.pid else self.root)
+                for task in os.scandir(f"/proc/{pid}/task"):
+                    with open(f"{task.path}/children") as f:
+                        queue += [int(c) for c in f.read().split()]
+            return procs
+        except (OSError, psutil.Error):
+            return [self.root, *self.root.children(recursive=True)]
 
-    def pids(self) -> set[int]:
-        return {p.pid for p in self._tree()}
-
-    def cpu_seconds(self) -> float | None:
+    def read(self) -> tuple[set[int], float | None, float | None]:
+        pids, rss = set(), 0
         for proc in self._tree():
             try:
-                t = proc.cpu_times()
+                with proc.oneshot():
+                    t = proc.cpu_times()
+                    rss += proc.memory_info().rss
                 self._last[proc.pid] = t.user + t.system
+                pids.add(proc.pid)
             except psutil.Error:
                 continue
-        return sum(self._last.values())
-
-    def memory_mib(self) -> float | None:
-        total = 0
-        for proc in self._tree():
-            try:
-                total += proc.memory_info().rss
-            except psutil.Error:
-                continue
-        return total / float(1 << 20)
+        return pids, sum(self._last.values()), rss / float(1 << 20)
 
 
 class DockerRunner:
@@ -137,7 +135,7 @@ class DockerRunner:
             container = self.client.containers.create(detach=True, **sdk)
         except docker.errors.DockerException as err:
             return Outcome(None, False, False, "", Timeline(now(), now()), params, error=_one_line(err))
-        timed_out, exit_code = False, None
+        created, timed_out, exit_code = now(), False, None
         try:
             container.start()
             started = now()
@@ -158,7 +156,7 @@ class DockerRunner:
             oom = bool(state.get("OOMKilled"))
             exit_code = state.get("ExitCode", exit_code)
             text = container.logs(stdout=True, stderr=True).decode("utf-8", errors="replace")
-            return Outcome(exit_code, timed_out, oom, text, Timeline(started, exited), params,
+            return Outcome(exit_code, timed_out, oom, text, Timeline(started, exited, created), params,
                            extra={"container_id": container.id})
         except docker.errors.DockerException as err:
             return Outcome(exit_code, timed_out, False, "", Timeline(now(), now()), params, error=_one_line(err))
@@ -178,7 +176,9 @@ class LocalRunner:
         self.command, self.log_dir = command, log_dir
 
     def run(self, case: str, in_dir: Path, out_dir: Path, sampler: Sampler, timeout_s: float) -> Outcome:
-        argv = [a.format(inputs=in_dir, outputs=out_dir) for a in shlex.split(self.command)]
+        # Plain replacement, not str.format: other braces in the command (a dict literal) stay as they are.
+        argv = [a.replace("{inputs}", str(in_dir)).replace("{outputs}", str(out_dir))
+                for a in shlex.split(self.command)]
         params = {"argv": argv, "timeout_s": timeout_s}
         now = lambda: time.monotonic() - sampler.t0  # noqa: E731
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -24,9 +24,9 @@ MIB = float(1 << 20)
 class Probe(Protocol):
     """The target being measured (a container's cgroup, or a host process tree)."""
 
-    def pids(self) -> set[int]: ...
-    def cpu_seconds(self) -> float | None: ...
-    def memory_mib(self) -> float | None: ...
+    def read(self) -> tuple[set[int], float | None, float | None]:
+        """(host PIDs, cumulative CPU core-seconds, memory MiB), in one pass."""
+        ...
 
 
 @dataclass
@@ -96,15 +96,15 @@ class Sampler:
     def _sample(self) -> None:
         s = self.series
         probe = self.probe
-        pids = _safe(probe.pids) if probe else None
+        pids, cpu_s, memory = (_safe(probe.read) or (None, None, None)) if probe else (None, None, None)
         s.t.append(time.monotonic() - self.t0)
         s.gpu_device_mib.append(_safe(self.gpu.used_mib) if self.gpu else None)
         s.gpu_process_mib.append(_safe(lambda: self.gpu.process_mib(pids)) if self.gpu and pids else
                                  (0.0 if self.gpu else None))
         s.cpu_times.append(_cpu_times())
         s.ram_used_mib.append(psutil.virtual_memory().used / MIB)
-        s.target_cpu_s.append(_safe(probe.cpu_seconds) if probe else None)
-        s.target_memory_mib.append(_safe(probe.memory_mib) if probe else None)
+        s.target_cpu_s.append(cpu_s)
+        s.target_memory_mib.append(memory)
 
 
 def _safe(fn):
