@@ -8,7 +8,7 @@ TEAM ?= baseline
 DEMO ?= out/demo
 PYTEST_ARGS ?=
 
-.PHONY: help install engine base image submission test test-fast lint demo clean phantoms
+.PHONY: help install engine base image submission test test-fast lint demo clean phantoms challenge
 
 help:
 	@echo "make install     pip-install the harness with CPU torch and test extras"
@@ -17,6 +17,7 @@ help:
 	@echo "make image       build the predictor image IMAGE=$(IMAGE) (builds the base if missing)"
 	@echo "make submission  save the predictor image as TEAM.tar.gz holding TEAM:latest (TEAM=$(TEAM))"
 	@echo "make phantoms    10 synthetic CT cases with labels in data/phantoms"
+	@echo "make challenge   TEAMS=DIR_OF_ARCHIVES CASES=IMAGES_DIR GT=LABELS_DIR OUT=DIR: the organizer's whole chain"
 	@echo "make demo        main job on built-in sample data: phantoms -> image -> monitored run -> scores"
 	@echo "make test        the whole test suite (Docker tests need the engine; GPU tests skip without a GPU)"
 	@echo "make lint        ruff"
@@ -48,6 +49,9 @@ phantoms:
 
 lint:
 	$(PYTHON) -m ruff check .
+
+challenge:
+	$(PYTHON) -m organizer challenge --teams $(TEAMS) --cases $(CASES) --gt $(GT) --out $(OUT)
 
 demo:
 	bash docker/demo.sh $(DEMO)

@@ -223,6 +223,9 @@ def _curves_plot(curves: dict[str, Curves], teams: list[str]) -> plt.Figure | No
                 y = series.get(key)
                 if y and len(y) == len(t) and not all(v is None for v in y):
                     axes[row, col].plot(t, [np.nan if v is None else v for v in y], lw=0.8, label=case)
+        if not axes[row, 0].lines:
+            axes[row, 0].text(0.5, 0.5, "no GPU figures (no GPU on the host)", ha="center",
+                              transform=axes[row, 0].transAxes)
         axes[row, 0].set_ylabel(f"{team}\nGPU memory (MiB)")
         axes[row, 1].set_ylabel("CPU used (%)")
         for ax in axes[row]:

@@ -1,0 +1,1 @@
+"""The organizer's main job: team archives -> monitored runs -> scores -> ranked leaderboard."""

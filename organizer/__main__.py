@@ -1,0 +1,5 @@
+import sys
+
+from organizer.cli import main
+
+sys.exit(main())

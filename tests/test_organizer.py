@@ -1,0 +1,96 @@
+"""The organizer's whole chain: teams -> monitored runs -> scores -> ranking -> report, with teams
+that really differ (perfect, degraded, crashing, not loadable)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from organizer.cli import main as challenge_main
+from phantoms import PhantomConfig, write_dataset
+from tests.conftest import DOCKER_CLI
+
+# A stand-in team that "predicts" by reading the GT (perfect) or an eroded copy of it (degraded).
+TEAM = textwrap.dedent("""
+    import pathlib, sys
+    import numpy as np
+    from scipy import ndimage
+    from challenge.nifti import read_image, write_label
+    gt, how, inputs, outputs = pathlib.Path(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3]), pathlib.Path(sys.argv[4])
+    for image in inputs.glob("*_0000.nii.gz"):
+        case = image.name[: -len("_0000.nii.gz")]
+        labels, grid = read_image(gt / f"{case}.nii.gz")
+        if how == "eroded":
+            keep = ndimage.binary_erosion(labels > 0, iterations=1)
+            labels = np.where(keep, labels, 0)
+        write_label(labels, grid, outputs / f"{case}.nii.gz")
+""")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("challenge")
+    write_dataset(root, 3, seed=11, config=PhantomConfig(shape=(48, 48, 20)))
+    (root / "team.py").write_text(TEAM)
+    return root
+
+
+def _local(data, how):
+    return f"{how}={sys.executable} {data / 'team.py'} {data / 'labels'} {how} {{inputs}} {{outputs}}"
+
+
+def test_local_teams_are_ranked_by_accuracy(data, tmp_path):
+    argv = ["challenge", "--local", _local(data, "eroded"), "--local", _local(data, "perfect"),
+            "--cases", str(data / "images"), "--gt", str(data / "labels"), "--out", str(tmp_path),
+            "--gpu", "none", "--bootstrap", "200", "--workers", "1"]
+    assert challenge_main(argv) == 0
+    board = pd.read_csv(tmp_path / "leaderboard/leaderboard.csv")
+    assert board["team"].tolist()[0] == "perfect"
+    perfect = board.set_index("team").loc["perfect"]
+    assert perfect["DSC"] == 1.0 and perfect["NSD"] == 1.0 and perfect["failed_cases"] == 0
+    assert board.set_index("team").loc["eroded", "DSC"] < 0.95
+    metrics = pd.read_csv(tmp_path / "results/perfect/metrics.csv")
+    assert metrics["status"].tolist() == ["ok"] * 3  # scored by the chain: metrics.csv was missing
+    page = (tmp_path / "leaderboard/index.html").read_text()
+    assert "perfect" in page and "eroded" in page
+
+
+@pytest.mark.docker
+def test_broken_archives_rank_last_and_the_run_goes_on(docker_client, base_image, data, tmp_path):
+    teams = tmp_path / "teams"
+    teams.mkdir()
+    (teams / "junk.tar.gz").write_bytes(b"not a docker archive")
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "predict.sh").write_text("echo crash >&2\nexit 1\n")
+    (context / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nWORKDIR /workspace\nCOPY predict.sh .\n")
+    subprocess.run([DOCKER_CLI, "build", "-q", "--build-arg", f"BASE_IMAGE={base_image}", "-t", "crashy:latest",
+                    str(context)], check=True, capture_output=True, env={"DOCKER_BUILDKIT": "1", "PATH": "/usr/bin:/bin"})
+    try:
+        subprocess.run(f"{DOCKER_CLI} save crashy:latest | gzip -1 > {teams / 'crashy.tar.gz'}", shell=True, check=True)
+        argv = ["challenge", "--teams", str(teams), "--local", _local(data, "perfect"),
+                "--cases", str(data / "images"), "--gt", str(data / "labels"), "--out", str(tmp_path / "out"),
+                "--gpu", "none", "--memory", "256m", "--shm-size", "64m", "--timeout", "60", "--bootstrap", "100"]
+        assert challenge_main(argv) == 0
+    finally:
+        docker_client.images.remove("crashy:latest", force=True)
+    board = pd.read_csv(tmp_path / "out/leaderboard/leaderboard.csv").set_index("team")
+    assert board.index[0] == "perfect"
+    assert board.loc["junk", "status"].startswith("image failed to load")
+    assert board.loc["crashy", "status"] == "all cases failed"
+    assert board.loc["junk", "rank"] > 1 and board.loc["crashy", "rank"] > 1
+    eff = pd.read_csv(tmp_path / "out/results/crashy/efficiency.csv")
+    assert eff["status"].tolist() == ["error: exit code 1"] * 3
+    note = json.loads((tmp_path / "out/results/junk/team_status.json").read_text())["note"]
+    assert "not a loadable" in note
+
+
+def test_bad_arguments_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "organizer", "challenge", "--cases", str(tmp_path), "--gt",
+                           str(tmp_path), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert done.returncode == 2 and "give --teams" in done.stderr and "Traceback" not in done.stderr
