@@ -6,10 +6,15 @@ flare22 (efficiency.csv): the official load_json.py definitions (JunMa11/FLARE, 
   AUC_x    = interval * sum(x)            (every sample is credited one interval, as the official code did)
   GPU_Mem  = the "stable max": the largest value seen in more than 2 % of the samples
   AUC_GPU_Time_tol2G = interval * sum(max(0, GPU - 2048))
+  Time     = seconds from the sampler's start to the target's exit (the official Time also included the
+             `--rm` teardown, a few tens of ms; each case record keeps that as time_s_with_teardown)
   a timed-out case gets Time 3600, AUC_GPU_Time_tol2G 29491200 and AUC_CPU_Time 360000.
+  Rounding as load_json.py did (np.round): Time, CPU_Utilization, AUC_CPU_Time, RAM to 2 decimals;
+  GPU_Mem, AUC_GPU_Time, AUC_RAM_Time to 0; AUC_GPU_Time_tol2G (not in load_json.py) to 2.
 accurate (efficiency_accurate.csv): the target's own resources, integrated with the trapezoid rule over
   the real sample times; CPU in core-seconds from its cgroup (containers) or process tree (local mode);
-  GPU from NVML per-process memory of its PIDs; start-up separated from run time.
+  GPU from NVML per-process memory of its PIDs; start-up separated from run time: create_s (docker create
+  returned), startup_s (started), first_seen_s (first sample that read the target), run_s (start -> exit).
 """
 
 from __future__ import annotations

@@ -19,8 +19,6 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-import psutil
-
 from challenge.cases import list_images
 from resource_monitor.collect import collect_output
 from resource_monitor.efficiency import accurate_figures, flare22_figures
@@ -28,7 +26,17 @@ from resource_monitor.gpu import Gpu
 from resource_monitor.host import fingerprint
 from resource_monitor.plot import plot_case
 from resource_monitor.records import finished_cases, write_efficiency_tables, write_json
-from resource_monitor.runners import LABEL_HOST, LABEL_PID, LABEL_RUN, CaseRunner, DockerRunner, LocalRunner, Outcome
+from resource_monitor.runners import (
+    LABEL_HOST,
+    LABEL_PID,
+    LABEL_RUN,
+    CaseRunner,
+    DockerRunner,
+    LocalRunner,
+    Outcome,
+    monitor_alive,
+    monitor_identity,
+)
 from resource_monitor.sampling import Sampler
 from resource_monitor.settings import RunSettings
 
@@ -67,28 +75,24 @@ def load_archive(client, archive: Path) -> tuple[str, str]:
     return team, f"{team}:latest"
 
 
-def monitor_identity() -> str:
-    """This monitor process as "pid:start-time", so a reused PID is not mistaken for a live run."""
-    me = psutil.Process()
-    return f"{me.pid}:{me.create_time():.2f}"
-
-
-def _alive(identity: str) -> bool:
-    pid, _, started = identity.partition(":")
-    try:
-        return f"{psutil.Process(int(pid)).create_time():.2f}" == started
-    except (ValueError, psutil.Error):
-        return False
-
-
 def remove_leftovers(client) -> list[str]:
-    """Remove containers left by crashed monitor runs on this host; never those of a live run."""
+    """Remove containers left by crashed monitor runs on this host; never those of a live run.
+
+    A leftover carries the run label, this host's name, and the identity (PID and start time) of a monitor
+    process that no longer runs. Containers labelled by another host (an engine shared across machines or
+    PID namespaces) are left alone: their monitor's liveness cannot be checked from here.
+    """
+    import docker
+
     removed = []
     for container in client.containers.list(all=True, filters={"label": LABEL_RUN}):
         labels = container.labels
-        if labels.get(LABEL_HOST) == os.uname().nodename and _alive(labels.get(LABEL_PID, "")):
+        if labels.get(LABEL_HOST) != os.uname().nodename or monitor_alive(labels.get(LABEL_PID, "")):
             continue
-        container.remove(force=True)
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:  # removed meanwhile by its own run
+            continue
         removed.append(container.name)
     if removed:
         log.warning("removed %d leftover container(s) of crashed runs: %s", len(removed), ", ".join(removed))

@@ -46,6 +46,22 @@ class CaseRunner(Protocol):
     def run(self, case: str, in_dir: Path, out_dir: Path, sampler: Sampler, timeout_s: float) -> Outcome: ...
 
 
+def monitor_identity() -> str:
+    """This monitor process as "pid:start-time": the container label that tells a live run from a crashed
+    one, so that a reused PID is not mistaken for a live run."""
+    me = psutil.Process()
+    return f"{me.pid}:{me.create_time():.2f}"
+
+
+def monitor_alive(identity: str) -> bool:
+    """Whether the monitor process named by :func:`monitor_identity`'s string still runs on this host."""
+    pid, _, started = identity.partition(":")
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.2f}" == started
+    except (ValueError, psutil.Error):
+        return False
+
+
 class CgroupProbe:
     """A container measured through its cgroup (member PIDs, CPU core-seconds, memory MiB)."""
 
@@ -111,7 +127,9 @@ class DockerRunner:
             "shm_size": s.shm_size, "privileged": False,
             "volumes": {str(in_dir): {"bind": rules.CONTAINER_INPUTS, "mode": "rw" if s.writable_inputs else "ro"},
                         str(out_dir): {"bind": rules.CONTAINER_OUTPUTS, "mode": "rw"}},
-            "labels": {LABEL_RUN: self.run_id, LABEL_PID: str(os.getpid()), LABEL_HOST: os.uname().nodename},
+            "labels": {LABEL_RUN: self.run_id, LABEL_PID: monitor_identity(), LABEL_HOST: os.uname().nodename},
+            # A chatty or hostile image cannot fill the host's disk with its log: one file, capped.
+            "log_config": {"type": "json-file", "config": {"max-size": s.log_max_size, "max-file": "1"}},
         }
         if s.cpus:
             params["nano_cpus"] = int(s.cpus * 1e9)

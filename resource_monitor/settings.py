@@ -30,6 +30,7 @@ class RunSettings:
     resume: bool = False
     output_cap_bytes: int = 1 << 30  # 1 GiB per prediction file
     log_tail_lines: int = 50
+    log_max_size: str = "50m"  # the container's log is capped there (docker json-file max-size, one file)
     plots: bool = True
     extra: dict = field(default_factory=dict)
 

@@ -28,6 +28,14 @@ def _engine_problem() -> str | None:
     return None
 
 
+def docker_build(context: Path, tag: str, **build_args: str) -> str:
+    """``DOCKER_BUILDKIT=1 docker build`` of ``context`` with the engine's own client; returns ``tag``."""
+    args = [a for k, v in build_args.items() for a in ("--build-arg", f"{k}={v}")]
+    subprocess.run([DOCKER_CLI, "build", "-q", *args, "-t", tag, str(context)], check=True, capture_output=True,
+                   env={"DOCKER_BUILDKIT": "1", "PATH": "/usr/bin:/bin"})
+    return tag
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     """A Docker SDK client for a running engine: skip (locally) or fail (CI) without one."""

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import DOCKER_CLI, REPO
+from tests.conftest import REPO, docker_build
 
 pytestmark = pytest.mark.docker
 
@@ -34,8 +34,7 @@ def test_build_from_local_base_and_run(docker_client, base_image, tmp_path):
         'CMD ["python3", "hello.py"]\n'
     )
     tag = f"flare-test-base-{uuid.uuid4().hex[:8]}"
-    subprocess.run([DOCKER_CLI, "build", "-q", "--build-arg", f"BASE_IMAGE={base_image}", "-t", tag, str(tmp_path)],
-                   check=True, capture_output=True, env={"DOCKER_BUILDKIT": "1", "PATH": "/usr/bin:/bin"})
+    docker_build(tmp_path, tag, BASE_IMAGE=base_image)
     try:
         logs = docker_client.containers.run(tag, network_mode="none", cap_drop=["ALL"], remove=True,
                                             user="1000:1000", security_opt=["no-new-privileges"])

@@ -45,7 +45,7 @@ def test_stable_max_ignores_spikes_below_two_percent():
 def test_flare22_figures_by_hand():
     gpu = [1000.0, 3048.0, 3048.0, 2048.0]
     times = [(0, 0, 0), (0.1, 0, 0.1), (0.2, 0, 0.2), (0.3, 0, 0.3), (0.4, 0, 0.4)]
-    s = _series(gpu, times, [100.0, 200.0, 300.0, 400.0])
+    s = _series(gpu, times, [100.0, 200.0, 300.0, 401.5])
     row = flare22_figures(s, time_s=0.437, timed_out=False)
     assert row["Time"] == 0.44
     assert row["GPU_Mem"] == 3048
@@ -54,7 +54,8 @@ def test_flare22_figures_by_hand():
     cpu = 100 - 100 * 0.1 / 0.3
     assert row["CPU_Utilization"] == round(cpu, 2)
     assert row["AUC_CPU_Time"] == round(4 * cpu * 0.1, 2)
-    assert (row["RAM"], row["AUC_RAM_Time"]) == (400.0, 100.0)
+    # load_json.py: RAM to 2 decimals, AUC_RAM_Time to 0 (np.round): 0.1 * 1001.5 = 100.15 -> 100
+    assert (row["RAM"], row["AUC_RAM_Time"]) == (401.5, 100.0)
 
 
 def test_timeout_takes_the_official_penalties_and_no_gpu_stays_empty():
@@ -69,7 +70,8 @@ def test_accurate_figures_trapezoid_on_real_times():
     s = _series([100.0, 200.0, 200.0, 100.0], [(0, 0, 0)] * 5, [1.0] * 4, t=t,
                 target_cpu=[None, 0.1, 0.3, 0.35], target_mem=[10.0, 20.0, None, 20.0],
                 gpu_proc=[0.0, 50.0, 50.0, 0.0])
-    row = accurate_figures(s, Timeline(started=0.05, exited=0.45), cpu_total_s=None)
+    row = accurate_figures(s, Timeline(started=0.05, exited=0.45, created=0.02), cpu_total_s=None)
+    assert row["create_s"] == 0.02 and row["first_seen_s"] == 0.1  # the first sample that saw the target
     assert row["startup_s"] == 0.05 and row["run_s"] == pytest.approx(0.4) and row["wall_s"] == 0.45
     assert row["cpu_core_s"] == 0.35 and row["cpu_mean_cores"] == pytest.approx(0.875)
     assert row["cpu_peak_cores"] == pytest.approx(1.0)  # 0.2 core-s over 0.2 s

@@ -13,7 +13,7 @@ import pytest
 
 from organizer.cli import main as challenge_main
 from phantoms import PhantomConfig, write_dataset
-from tests.conftest import DOCKER_CLI
+from tests.conftest import DOCKER_CLI, docker_build
 
 # A stand-in team that "predicts" by reading the GT (perfect) or an eroded copy of it (degraded).
 TEAM = textwrap.dedent("""
@@ -21,7 +21,8 @@ TEAM = textwrap.dedent("""
     import numpy as np
     from scipy import ndimage
     from challenge.nifti import read_image, write_label
-    gt, how, inputs, outputs = pathlib.Path(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3]), pathlib.Path(sys.argv[4])
+    gt, how = pathlib.Path(sys.argv[1]), sys.argv[2]
+    inputs, outputs = pathlib.Path(sys.argv[3]), pathlib.Path(sys.argv[4])
     for image in inputs.glob("*_0000.nii.gz"):
         case = image.name[: -len("_0000.nii.gz")]
         labels, grid = read_image(gt / f"{case}.nii.gz")
@@ -69,8 +70,7 @@ def test_broken_archives_rank_last_and_the_run_goes_on(docker_client, base_image
     context.mkdir()
     (context / "predict.sh").write_text("echo crash >&2\nexit 1\n")
     (context / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nWORKDIR /workspace\nCOPY predict.sh .\n")
-    subprocess.run([DOCKER_CLI, "build", "-q", "--build-arg", f"BASE_IMAGE={base_image}", "-t", "crashy:latest",
-                    str(context)], check=True, capture_output=True, env={"DOCKER_BUILDKIT": "1", "PATH": "/usr/bin:/bin"})
+    docker_build(context, "crashy:latest", BASE_IMAGE=base_image)
     try:
         subprocess.run(f"{DOCKER_CLI} save crashy:latest | gzip -1 > {teams / 'crashy.tar.gz'}", shell=True, check=True)
         argv = ["challenge", "--teams", str(teams), "--local", _local(data, "perfect"),
