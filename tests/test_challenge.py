@@ -16,7 +16,7 @@ from challenge.nifti import Geometry, NiftiError, read_geometry, read_image, wri
 def test_label_table_matches_flare22():
     assert [o.short for o in labels.ORGANS] == ["Liver", "RK", "Spleen", "Pancreas", "Aorta", "IVC", "RAG",
                                                 "LAG", "Gallbladder", "Esophagus", "Stomach", "Duodenum", "LK"]
-    assert labels.LABEL_IDS == tuple(range(1, 14))
+    assert tuple(range(1, 14)) == labels.LABEL_IDS
     assert [o.tolerance_mm for o in labels.ORGANS] == [5, 3, 3, 5, 2, 2, 2, 2, 2, 3, 5, 7, 3]
     assert labels.TUBULAR_IDS == (5, 6, 10)
     cols = labels.metric_columns()
