@@ -13,6 +13,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from challenge.cli import Parser, bounded
+
+_workers = bounded(int, low=1)
+
 log = logging.getLogger("evaluator")
 
 SCORE_EPILOG = """\
@@ -36,21 +40,6 @@ Examples:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block) and exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _add_score(subparsers: argparse._SubParsersAction) -> None:
@@ -161,11 +150,11 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_score, _
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="flare-evaluate", description="FLARE22 evaluation: official DSC and NSD, fast.",
+    parser = Parser(prog="flare-evaluate", description="FLARE22 evaluation: official DSC and NSD, fast.",
                      epilog="Example:\n  python -m evaluator score --gt GT_DIR --pred PRED_DIR --out OUT_DIR\n"
                             "Run `python -m evaluator score --help` for the details.",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     subparsers.required = True
     for add in SUBCOMMANDS:
         add(subparsers)

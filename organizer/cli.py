@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from challenge import rules
+from challenge.cli import Parser
 
 EPILOG = """\
 Loads every TEAM.tar.gz in TEAMS_DIR (each must hold TEAM:latest), runs it once per case in a sandboxed
@@ -25,11 +26,6 @@ Examples:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _local(text: str) -> tuple[str, str]:
     name, sep, command = text.partition("=")
     if not sep or not name.strip() or not command.strip():
@@ -38,8 +34,8 @@ def _local(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="flare-challenge", description="Run a FLARE22-style challenge end to end.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser = Parser(prog="flare-challenge", description="Run a FLARE22-style challenge end to end.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     p = sub.add_parser("challenge", help="archives -> runs -> scores -> leaderboard", epilog=EPILOG,
                        description="Run every team on every case, score, rank and report.",

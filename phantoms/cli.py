@@ -8,10 +8,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from challenge.cli import Parser, bounded
 from challenge.labels import BY_ID
 
 from .domains import DOMAIN_NAMES
 from .generate import MAX_OBLIQUE_DEG, Phantom, PhantomConfig, write_dataset
+
+_positive_int = bounded(int, low=0)
+_degrees = bounded(float, 0, MAX_OBLIQUE_DEG, what="the tilt (degrees) must be")
+_size = bounded(int, 16, 2048, what="a shape size must be")
+_mm = bounded(float, 0.05, 20, what="a spacing (mm) must be")
 
 log = logging.getLogger("phantoms")
 
@@ -40,52 +46,16 @@ Examples:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block) and exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
-def _size(text: str) -> int:
-    value = _positive_int(text)
-    if not 16 <= value <= 2048:
-        raise argparse.ArgumentTypeError(f"a shape size must be 16..2048, got {value}")
-    return value
 
 
-def _mm(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.05 <= value <= 20:
-        raise argparse.ArgumentTypeError(f"a spacing must be 0.05..20 mm, got {value}")
-    return value
-
-
-def _degrees(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value <= MAX_OBLIQUE_DEG:
-        raise argparse.ArgumentTypeError(f"must be 0..{MAX_OBLIQUE_DEG:g} degrees, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="flare-phantoms", description="Synthetic abdominal CT phantoms with FLARE22 organ labels.",
+    p = Parser(prog="flare-phantoms", description="Synthetic abdominal CT phantoms with FLARE22 organ labels.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="output folder (images/ and labels/ are created)")
     p.add_argument("--cases", required=True, type=_positive_int, help="number of cases")

@@ -10,6 +10,9 @@ import tempfile
 from pathlib import Path
 
 from challenge import rules
+from challenge.cli import Parser, bounded
+
+_positive = bounded(float, low=0, strict_low=True)
 
 EPILOG = """\
 For each <Case>_0000.nii.gz in CASES_DIR (sorted), a fresh input folder holding only that file is
@@ -28,19 +31,6 @@ Examples:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def _size(text: str) -> str:
@@ -58,9 +48,9 @@ def _gpu(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="flare-monitor", description="FLARE22 resource monitor: run and measure a submission.",
+    parser = Parser(prog="flare-monitor", description="FLARE22 resource monitor: run and measure a submission.",
                      epilog="Run `python -m resource_monitor run --help` for the details.")
-    sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     p = sub.add_parser("run", help="run a submission on every case", description=__doc__, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
