@@ -1,0 +1,92 @@
+"""CPU benchmark of the predictor: per-case time split (read, stage 1, stage 2, resample, write) on a
+512x512x100 phantom in a warm process, and accuracy (DSC) on held-out phantoms.
+
+DSC here is this script's own: per organ present in the ground truth, 2|P&G| / (|P|+|G|), then the
+mean over those organs and cases (the evaluator package's scorer is not used).
+Held-out phantoms use --seed 2000 (the shipped weights were trained on --seed 1000 cases).
+
+    python benchmarks/predictor_bench.py                      # 3 timing runs, 5 held-out cases
+    python benchmarks/predictor_bench.py --runs 5 --threads 2 --cases 8 --fine-mm 2.0 2.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from challenge.nifti import read_image, write_label
+from phantoms.generate import PhantomConfig, generate_case, write_case
+from predictor.pipeline import Predictor
+
+STEPS = ("read", "stage1", "stage2", "resample", "write", "total")
+
+
+def mean_dsc(gt: np.ndarray, pred: np.ndarray) -> tuple[float, dict[int, float]]:
+    per = {}
+    for organ in range(1, 14):
+        g, p = gt == organ, pred == organ
+        if g.any():
+            per[organ] = float(2 * (g & p).sum() / (g.sum() + p.sum()))
+    return float(np.mean(list(per.values()))), per
+
+
+def time_case(model: Predictor, image_path: Path, out: Path) -> dict[str, float]:
+    t = {}
+    clock = time.perf_counter()
+    image, geo = read_image(image_path)
+    t["read"] = time.perf_counter() - clock
+    labels, timings = model.predict(image, geo.spacing_kji, geo.direction)
+    t.update(stage1=timings.stage1, stage2=timings.stage2, resample=timings.resample)
+    clock = time.perf_counter()
+    write_label(labels, geo, out)
+    t["write"] = time.perf_counter() - clock
+    t["total"] = sum(t[s] for s in STEPS[:-1])
+    return t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--cases", type=int, default=5, help="held-out phantoms for DSC (0 skips)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--fine-mm", type=float, nargs="+", default=[2.0], help="fine spacings to compare")
+    p.add_argument("--weights", type=Path, default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    base = Predictor.load(args.weights, device="cpu")
+    tmp = Path(tempfile.mkdtemp(prefix="predictor_bench_"))
+    big = generate_case(seed=2000, index=99, config=PhantomConfig(shape=(512, 512, 100), prefix="Big"))
+    image_path, _ = write_case(big, tmp / "big")
+    held = [generate_case(seed=2000, index=i, config=PhantomConfig(domain="mixed")) for i in range(args.cases)]
+
+    rows = []
+    for fine_mm in args.fine_mm:
+        model = base
+        model.config = replace(base.config, fine_mm=fine_mm)
+        time_case(model, image_path, tmp / "warmup.nii.gz")  # warm-up: allocator, oneDNN kernels
+        runs = [time_case(model, image_path, tmp / "out.nii.gz") for _ in range(args.runs)]
+        med = {s: statistics.median(r[s] for r in runs) for s in STEPS}
+        dscs = []
+        for case in held:
+            labels, _ = model.predict(case.image, case.geometry.spacing_kji, case.geometry.direction)
+            dscs.append(mean_dsc(case.labels, labels)[0])
+        rows.append((fine_mm, med, float(np.mean(dscs)) if dscs else float("nan"), dscs))
+
+    print(f"\npredictor CPU benchmark: {args.threads} threads, 512x512x100 phantom, median of {args.runs} runs, "
+          f"DSC over {args.cases} held-out phantoms (seed 2000, mixed domains)")
+    print("fine_mm  " + "  ".join(f"{s:>8}" for s in STEPS) + "   mean_DSC  min_case_DSC  total/first")
+    first = rows[0][1]["total"]
+    for fine_mm, med, dsc, dscs in rows:
+        print(f"{fine_mm:7.2f}  " + "  ".join(f"{med[s]:8.2f}" for s in STEPS)
+              + f"   {dsc:8.4f}  {min(dscs) if dscs else float('nan'):12.4f}  {med['total'] / first:11.2f}")
+
+
+if __name__ == "__main__":
+    main()

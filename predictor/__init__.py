@@ -1,0 +1,8 @@
+"""The reference FLARE22 predictor: a two-stage (coarse ROI, then fine) 3D U-Net segmentation.
+
+``predictor.pipeline.Predictor`` works on in-memory arrays (no file I/O, no SimpleITK), so the GPU
+benchmark can run it without NIfTI libraries; ``predictor.cli`` adds streaming NIfTI I/O and
+``predictor.train`` trains and exports the weights in ``predictor/weights/``.
+"""
+
+__version__ = "0.1.0"

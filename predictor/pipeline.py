@@ -1,0 +1,257 @@
+"""The two-stage segmentation on in-memory arrays (no file I/O, no SimpleITK).
+
+Contract of :meth:`Predictor.predict`: a CT volume in HU as a ``(k, j, i)`` array (numpy-from-SimpleITK
+order), its spacing in mm in the same ``(k, j, i)`` order and its SimpleITK row-major direction -> a
+uint8 label map of exactly the input's shape (FLARE22 ids 0..13). An image with no organ found by
+stage 1 gives an all-zero map.
+
+1. Reorient to canonical axes (transposes/flips only, exact inverse), clip HU and scale to [-1, 1].
+2. Stage 1: resample the whole volume to ``coarse_mm``; the coarse U-Net marks organ voxels; their
+   bounding box plus ``margin_mm`` is the ROI.
+3. Stage 2: resample the ROI to ``fine_mm``; the fine U-Net labels the 13 organs (one pass if the ROI
+   has at most ``one_pass_voxels`` voxels, else sliding windows); optionally keep each organ's largest
+   connected component.
+4. Nearest-neighbour labels back onto the ROI of the original grid; zeros outside; undo step 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .network import UNet3D, UNetConfig
+from .orientation import Reorientation
+from .resample import resize_image, resize_labels, size_for_spacing
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+CONFIG_NAME = "config.json"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Spacings and margins in mm (isotropic); HU window; sliding-window settings in fine voxels."""
+
+    coarse_mm: float = 5.0
+    fine_mm: float = 2.0
+    margin_mm: float = 15.0
+    hu_window: tuple[float, float] = (-160.0, 240.0)
+    one_pass_voxels: int = 160**3  # larger ROIs go by sliding window (bounds GPU memory)
+    window: tuple[int, int, int] = (128, 128, 128)
+    overlap: float = 0.25
+    keep_largest: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PipelineConfig:
+        d = dict(d)
+        for key in ("hu_window", "window"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+@dataclass
+class Timings:
+    """Seconds per step of one case (GPU work synchronised before each clock read)."""
+
+    stage1: float = 0.0
+    stage2: float = 0.0
+    resample: float = 0.0
+    roi_fine_shape: tuple[int, ...] = field(default_factory=tuple)
+
+
+def normalise(hu: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
+    """Clip HU to ``window`` and map it linearly to [-1, 1] (float32)."""
+    lo, hi = window
+    return (hu.float().clamp_(lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2)
+
+
+def with_coords(x: torch.Tensor) -> torch.Tensor:
+    """``(D, H, W)`` -> ``(4, D, H, W)``: the volume, then each voxel's position per axis in -1..1."""
+    axes = [torch.linspace(-1, 1, n, device=x.device, dtype=x.dtype) for n in x.shape]
+    grids = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([x, *grids])
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, value: float) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Pad a ``(C, D, H, W)`` tensor at the high end of each spatial axis; returns it and the spatial shape."""
+    shape = tuple(x.shape[-3:])
+    pads = [(-n) % multiple for n in shape]
+    if not any(pads):
+        return x, shape
+    return F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]), value=value), shape
+
+
+def roi_from_mask(mask: np.ndarray, full_shape: tuple[int, ...], spacing: tuple[float, ...],
+                  margin_mm: float) -> tuple[slice, slice, slice] | None:
+    """Bounding box of a coarse mask, scaled to ``full_shape`` voxels and grown by ``margin_mm``.
+
+    ``spacing`` is the full grid's (mm, same axis order). None if the mask is empty.
+    """
+    idx = np.nonzero(mask)
+    if idx[0].size == 0:
+        return None
+    roi = []
+    for axis, (n_full, s) in enumerate(zip(full_shape, spacing, strict=True)):
+        scale = n_full / mask.shape[axis]
+        margin = margin_mm / s
+        lo = int(np.floor(idx[axis].min() * scale - margin))
+        hi = int(np.ceil((idx[axis].max() + 1) * scale + margin))
+        roi.append(slice(max(lo, 0), min(hi, n_full)))
+    return tuple(roi)
+
+
+def keep_largest_components(labels: np.ndarray) -> np.ndarray:
+    """Per organ id, keep only its largest 26-connected component (in place; returns ``labels``)."""
+    from scipy import ndimage
+
+    structure = np.ones((3, 3, 3), dtype=bool)
+    for organ, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        sub = labels[box]
+        comp, n = ndimage.label(sub == organ, structure=structure)
+        if n > 1:
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            sub[(comp != np.argmax(sizes)) & (comp > 0)] = 0
+    return labels
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda if available else cpu; "cuda" without a GPU raises ValueError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available to torch")
+    return torch.device(device)
+
+
+class Predictor:
+    """Both networks, loaded once; :meth:`predict` runs one case."""
+
+    def __init__(self, coarse: UNet3D, fine: UNet3D, config: PipelineConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.coarse = coarse.to(device).eval()
+        self.fine = fine.to(device).eval()
+
+    @classmethod
+    def load(cls, weights_dir: str | Path | None = None, device: str = "auto") -> Predictor:
+        """Load ``config.json``, ``coarse.pt`` and ``fine.pt`` from ``weights_dir`` (default: shipped)."""
+        folder = Path(weights_dir) if weights_dir else WEIGHTS_DIR
+        cfg_path = folder / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path}: no weights config (train with python -m predictor.train)")
+        meta = json.loads(cfg_path.read_text())
+        nets = []
+        for name in ("coarse", "fine"):
+            net = UNet3D(UNetConfig(**meta[name]))
+            state = torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True)
+            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+            nets.append(net)
+        return cls(*nets, PipelineConfig.from_dict(meta["pipeline"]), resolve_device(device))
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return nullcontext()
+
+    def _segment(self, net: UNet3D, x: torch.Tensor) -> torch.Tensor:
+        """Argmax labels (uint8, ``(D, H, W)``) of a normalised ``(D, H, W)`` volume, padded for the network."""
+        x = with_coords(x) if net.config.coords else x[None]
+        xp, shape = pad_to_multiple(x, net.config.multiple, value=-1.0)
+        with self._autocast():
+            if xp[0].numel() <= self.config.one_pass_voxels:
+                out = net(xp[None])[0].argmax(0)
+            else:
+                out = self._sliding_window(net, xp)
+        return out[: shape[0], : shape[1], : shape[2]].to(torch.uint8)
+
+    def _sliding_window(self, net: UNet3D, x: torch.Tensor) -> torch.Tensor:
+        """Average softmax over overlapping windows of a ``(C, D, H, W)`` input (sizes multiples of the stride)."""
+        m = net.config.multiple
+        spatial = x.shape[1:]
+        win = [min(w, n) // m * m or m for w, n in zip(self.config.window, spatial, strict=True)]
+        starts = []
+        for n, w in zip(spatial, win, strict=True):
+            step = max(int(w * (1 - self.config.overlap)), 1)
+            s = list(range(0, max(n - w, 0) + 1, step))
+            if s[-1] + w < n:
+                s.append(n - w)
+            starts.append(s)
+        prob = torch.zeros((net.config.classes, *spatial), device=x.device, dtype=torch.float16
+                           if x.device.type == "cuda" else torch.float32)
+        for z in starts[0]:
+            for y in starts[1]:
+                for xx in starts[2]:
+                    sl = (slice(z, z + win[0]), slice(y, y + win[1]), slice(xx, xx + win[2]))
+                    p = net(x[(slice(None), *sl)][None])[0].float().softmax(0)
+                    prob[(slice(None), *sl)] += p.to(prob.dtype)
+        return prob.argmax(0)
+
+    @torch.inference_mode()
+    def predict(self, image: np.ndarray, spacing_kji: tuple[float, float, float],
+                direction: tuple[float, ...] = (1, 0, 0, 0, 1, 0, 0, 0, 1)) -> tuple[np.ndarray, Timings]:
+        """Segment one CT (see the module docstring for the contract). Returns (labels, timings)."""
+        if image.ndim != 3:
+            raise ValueError(f"expected a 3D (k, j, i) array, got shape {image.shape}")
+        if image.dtype.kind == "u" and image.dtype.itemsize > 1 or image.dtype == np.float64:
+            image = image.astype(np.float32)  # torch lacks fast uint16/uint32 kernels; float64 doubles memory
+        cfg, t = self.config, Timings()
+        clock = time.perf_counter()
+        reo = Reorientation.from_direction(direction)
+        spacing = reo.spacing(spacing_kji)
+        vol = reo.forward(torch.from_numpy(np.ascontiguousarray(image)).to(self.device))
+        vol = normalise(vol, cfg.hu_window)
+        if self.device.type == "cuda":
+            vol = vol.half()  # halves the memory of the full-resolution volume
+        full_shape = tuple(vol.shape)
+
+        coarse_size = size_for_spacing(full_shape, spacing, (cfg.coarse_mm,) * 3)
+        coarse = self._segment(self.coarse, resize_image(vol, coarse_size).float())
+        roi = roi_from_mask((coarse > 0).cpu().numpy(), full_shape, spacing, cfg.margin_mm)
+        self._sync()
+        t.stage1 = time.perf_counter() - clock
+        out = torch.zeros(full_shape, dtype=torch.uint8, device=self.device)
+        if roi is None:
+            return np.ascontiguousarray(reo.inverse(out).cpu().numpy()), t
+
+        clock = time.perf_counter()
+        crop = vol[roi]
+        fine_size = size_for_spacing(tuple(crop.shape), spacing, (cfg.fine_mm,) * 3)
+        fine = self._segment(self.fine, resize_image(crop, fine_size).float())
+        t.roi_fine_shape = tuple(fine.shape)
+        if cfg.keep_largest:
+            fine = torch.from_numpy(keep_largest_components(fine.cpu().numpy())).to(self.device)
+        self._sync()
+        t.stage2 = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        out[roi] = resize_labels(fine, tuple(crop.shape))
+        labels = np.ascontiguousarray(reo.inverse(out).cpu().numpy())
+        t.resample = time.perf_counter() - clock
+        return labels, t
+
+
+def set_cpu_threads(threads: int | None = None) -> int:
+    """Use ``threads`` (default env FLARE_THREADS, else torch's default) intra-op CPU threads."""
+    threads = threads or int(os.environ.get("FLARE_THREADS", "0") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def pipeline_dict(config: PipelineConfig) -> dict:
+    return asdict(config)

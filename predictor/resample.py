@@ -1,0 +1,37 @@
+"""Resampling in torch, in the voxel grid (no world transform): images trilinear, labels nearest.
+
+All tensors are 3D ``(D, H, W)`` in canonical order (see predictor.orientation). Both functions use
+the voxel-centre convention of ``align_corners=False``: the field of view (extent in mm) is kept and
+output voxel o samples input position ``(o + 0.5) * n_in / n_out - 0.5``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def size_for_spacing(shape: tuple[int, ...], spacing: tuple[float, ...], target_mm: tuple[float, ...]
+                     ) -> tuple[int, int, int]:
+    """Voxel counts that cover the same extent at ``target_mm`` (all three in the same axis order)."""
+    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target_mm, strict=True))
+
+
+def resize_image(volume: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """Trilinear resize of a float ``(D, H, W)`` tensor to ``size``; same dtype and device."""
+    if tuple(volume.shape) == tuple(size):
+        return volume
+    return F.interpolate(volume[None, None], size=size, mode="trilinear", align_corners=False)[0, 0]
+
+
+def _nearest_index(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    pos = (torch.arange(n_out, device=device, dtype=torch.float64) + 0.5) * (n_in / n_out)
+    return pos.floor().long().clamp_(0, n_in - 1)
+
+
+def resize_labels(labels: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of an integer ``(D, H, W)`` label tensor (any dtype; values kept exactly)."""
+    if tuple(labels.shape) == tuple(size):
+        return labels
+    d, h, w = (_nearest_index(n_in, n_out, labels.device) for n_in, n_out in zip(labels.shape, size, strict=True))
+    return labels[d][:, h][:, :, w]

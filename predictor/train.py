@@ -1,0 +1,267 @@
+"""Train the two U-Nets of the predictor on labelled CT (phantoms) and export deployable weights.
+
+Data flow: validate (every image has a label on the same grid, labels in 0..13) -> precompute, once,
+each case's canonical arrays at the coarse spacing (whole volume, organ/background target) and at the
+fine spacing (the organs' bounding box plus a margin, 14-class target) -> train each network on
+random patches (CE + soft Dice, AdamW, cosine schedule) -> export RUN_DIR/weights/{config.json,
+coarse.pt, fine.pt} (fp16 state dicts), which ``python -m predictor --weights RUN_DIR/weights`` loads.
+Reproducible from --seed on the same device and thread count.
+
+Extension point for semi-supervised training (a later issue): --unlabeled DIR --rounds K --keep F
+--teacher big|small would add pseudo-labelled cases to ``Dataset`` between rounds of ``train_net``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from challenge.cases import list_images, list_labels
+from challenge.labels import MAX_LABEL, NUM_CLASSES
+from challenge.nifti import NiftiError, read_geometry, read_image
+
+from .network import UNet3D, UNetConfig
+from .orientation import Reorientation
+from .pipeline import CONFIG_NAME, PipelineConfig, normalise, resolve_device, set_cpu_threads, with_coords
+from .resample import resize_image, resize_labels, size_for_spacing
+
+log = logging.getLogger("predictor.train")
+
+SHIPPED_COMMAND = """\
+  # the shipped weights (predictor/weights/), on 2 CPU cores:
+  python -m phantoms --out /work/data/train --cases 48 --seed 1000 --shape 192 192 96 --domain mixed
+  python -m predictor.train --images /work/data/train/images --labels /work/data/train/labels \\
+      --out /work/data/run --epochs 48 --seed 0 --threads 2 --device cpu
+  cp /work/data/run/weights/* predictor/weights/"""
+
+
+@dataclass(frozen=True)
+class NetTraining:
+    """One network's training: ``steps_per_epoch`` steps of ``batch`` patches of ``patch`` voxels."""
+
+    unet: UNetConfig
+    patch: tuple[int, int, int]  # canonical (S-I, A-P, R-L) voxels: widest across, to see both kidneys
+    batch: int
+    steps_per_epoch: int
+    lr: float = 3e-3
+    foreground_fraction: float = 0.7  # share of patches centred on an organ voxel
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    pipeline: PipelineConfig = PipelineConfig()
+    coarse: NetTraining = NetTraining(UNetConfig(classes=2, base=8, levels=3), (32, 48, 48), 2, 20)
+    fine: NetTraining = NetTraining(UNetConfig(classes=NUM_CLASSES, base=12, levels=4, coords=True),
+                                    (40, 56, 72), 2, 50)
+    roi_margin_mm: float = 15.0  # fine training arrays: organs' box grown by this (= the inference ROI margin)
+
+
+class DataError(ValueError):
+    """Bad training data; the message names the file."""
+
+
+def validate(images: Path, labels: Path) -> list[tuple[str, Path, Path]]:
+    """(case, image, label) for every image; DataError naming the file for any problem."""
+    if not images.is_dir() or not labels.is_dir():
+        raise DataError(f"{images if not images.is_dir() else labels}: not a folder")
+    imgs, labs = list_images(images), list_labels(labels)
+    if not imgs:
+        raise DataError(f"{images}: no <Case>_0000.nii.gz images")
+    pairs = []
+    for case, img in imgs.items():
+        if case not in labs:
+            raise DataError(f"{img}: no label {labels / (case + '.nii.gz')}")
+        try:
+            why = read_geometry(img).mismatch(read_geometry(labs[case]))
+        except NiftiError as err:
+            raise DataError(str(err)) from None
+        if why:
+            raise DataError(f"{labs[case]}: label grid differs from its image ({why})")
+        pairs.append((case, img, labs[case]))
+    return pairs
+
+
+@dataclass
+class Case:
+    """Canonical training arrays: coarse (whole volume, ``(1, D, H, W)``) and fine (organ box,
+    ``(4, D, H, W)`` with coordinate channels), float16 image; uint8 labels ``(D, H, W)``."""
+
+    name: str
+    coarse_x: np.ndarray
+    coarse_y: np.ndarray
+    fine_x: np.ndarray
+    fine_y: np.ndarray
+
+
+def precompute(case: str, image_path: Path, label_path: Path, cfg: TrainConfig) -> Case:
+    image, geo = read_image(image_path)
+    labels, _ = read_image(label_path)
+    if labels.min() < 0 or labels.max() > MAX_LABEL or not np.all(np.equal(np.mod(labels, 1), 0)):
+        raise DataError(f"{label_path}: label values outside the integers 0..{MAX_LABEL}")
+    reo = Reorientation.from_direction(geo.direction)
+    spacing = reo.spacing(geo.spacing_kji)
+    x = normalise(reo.forward(torch.from_numpy(image.astype(np.float32))), cfg.pipeline.hu_window)
+    y = reo.forward(torch.from_numpy(labels.astype(np.uint8)))
+    p = cfg.pipeline
+    size = size_for_spacing(tuple(x.shape), spacing, (p.coarse_mm,) * 3)
+    coarse_x, coarse_y = resize_image(x, size), (resize_labels(y, size) > 0).to(torch.uint8)
+    nz = torch.nonzero(y)
+    if len(nz) == 0:
+        raise DataError(f"{label_path}: no organ voxels")
+    lo = [max(int(nz[:, a].min() - cfg.roi_margin_mm / spacing[a]), 0) for a in range(3)]
+    hi = [min(int(nz[:, a].max() + 1 + cfg.roi_margin_mm / spacing[a]), x.shape[a]) for a in range(3)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    fine_size = size_for_spacing(tuple(x[box].shape), spacing, (p.fine_mm,) * 3)
+    fine_x, fine_y = resize_image(x[box].contiguous(), fine_size), resize_labels(y[box].contiguous(), fine_size)
+    return Case(case, coarse_x[None].half().numpy(), coarse_y.numpy(), with_coords(fine_x).half().numpy(),
+                fine_y.numpy())
+
+
+def sample_patch(x: np.ndarray, y: np.ndarray, patch: tuple[int, int, int], fg_fraction: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A ``patch``-sized crop of ``x`` ``(C, D, H, W)`` and ``y`` ``(D, H, W)`` (padded with -1 / background
+    where the volume is smaller)."""
+    pads = [(0, max(p - n, 0)) for p, n in zip(patch, y.shape, strict=True)]
+    if any(b for _, b in pads):
+        x, y = np.pad(x, [(0, 0), *pads], constant_values=-1.0), np.pad(y, pads)
+    if rng.random() < fg_fraction and y.any():
+        fg = np.argwhere(y > 0)
+        centre = fg[rng.integers(len(fg))]
+        start = [int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, patch, y.shape, strict=True)]
+    else:
+        start = [int(rng.integers(0, n - p + 1)) for p, n in zip(patch, y.shape, strict=True)]
+    sl = tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
+    return x[(slice(None), *sl)], y[sl]
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus soft Dice over the foreground classes present in the batch."""
+    ce = F.cross_entropy(logits, target)
+    prob = logits.softmax(1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
+    dims = (0, 2, 3, 4)
+    inter, denom = (prob * onehot).sum(dims), prob.sum(dims) + onehot.sum(dims)
+    present = onehot.sum(dims)[1:] > 0
+    dice = (2 * inter[1:] + 1e-5) / (denom[1:] + 1e-5)
+    return ce + (1 - dice[present].mean() if present.any() else 0.0)
+
+
+def train_net(name: str, data: list[tuple[np.ndarray, np.ndarray]], spec: NetTraining, epochs: int,
+              rng: np.random.Generator, device: torch.device, log_rows: list[dict]) -> UNet3D:
+    net = UNet3D(spec.unet).to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=1e-4)
+    total = epochs * spec.steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total, pct_start=0.1)
+    clock = time.perf_counter()
+    for step in range(total):
+        xs, ys = [], []
+        for _ in range(spec.batch):
+            x, y = data[rng.integers(len(data))]
+            px, py = sample_patch(x, y, spec.patch, spec.foreground_fraction, rng)
+            scale, shift = rng.uniform(0.9, 1.1), rng.uniform(-0.1, 0.1)  # contrast/brightness jitter
+            px = px.astype(np.float32)
+            px[0] = px[0] * scale + shift  # channel 0 is intensity; the rest are coordinates
+            xs.append(px)
+            ys.append(py.astype(np.int64))
+        x = torch.from_numpy(np.stack(xs)).to(device)
+        y = torch.from_numpy(np.stack(ys)).to(device)
+        loss = dice_ce_loss(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % spec.steps_per_epoch == spec.steps_per_epoch - 1 or step == total - 1:
+            row = {"net": name, "step": step + 1, "loss": round(loss.item(), 4),
+                   "seconds": round(time.perf_counter() - clock, 1)}
+            log_rows.append(row)
+            log.info("%s step %d/%d loss %.4f (%.0f s)", name, step + 1, total, row["loss"], row["seconds"])
+    return net.eval()
+
+
+def export(nets: dict[str, UNet3D], cfg: TrainConfig, out: Path, meta: dict) -> Path:
+    """Write ``out/weights/``: fp16 state dicts and config.json (what Predictor.load reads)."""
+    folder = out / "weights"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, net in nets.items():
+        state = {k: v.detach().cpu().half() if v.is_floating_point() else v.cpu()
+                 for k, v in net.state_dict().items()}
+        torch.save(state, folder / f"{name}.pt")
+    config = {"pipeline": asdict(cfg.pipeline), "coarse": cfg.coarse.unet.to_dict(),
+              "fine": cfg.fine.unet.to_dict(), "training": meta}
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m predictor.train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train the coarse (ROI) and fine (13-organ) 3D U-Nets and export RUN_DIR/weights/.",
+        epilog="Examples:\n" + SHIPPED_COMMAND + "\n\n  # a quick smoke run:\n"
+               "  python -m predictor.train --images d/images --labels d/labels --out /tmp/run --epochs 1\n\n"
+               "Use the result: python -m predictor -i IN -o OUT --weights RUN_DIR/weights")
+    p.add_argument("--images", type=Path, required=True, help="folder of <Case>_0000.nii.gz")
+    p.add_argument("--labels", type=Path, required=True, help="folder of <Case>.nii.gz on the same grids")
+    p.add_argument("--out", type=Path, required=True, help="run folder (weights/ and train_log.csv)")
+    p.add_argument("--epochs", type=int, default=48,
+                   help="fine-network epochs of 50 steps (default 48; the coarse network gets a third)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.epochs < 1:
+        p.error("--epochs must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    threads = set_cpu_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    cfg = TrainConfig()
+    start = time.perf_counter()
+    try:
+        pairs = validate(args.images, args.labels)
+        cases = [precompute(c, i, lab, cfg) for c, i, lab in pairs]
+    except (DataError, NiftiError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    log.info("precomputed %d cases in %.0f s (%d threads, %s)", len(cases), time.perf_counter() - start,
+             threads, device)
+    rows: list[dict] = []
+    nets = {
+        "coarse": train_net("coarse", [(c.coarse_x, c.coarse_y) for c in cases], cfg.coarse,
+                            max(args.epochs // 3, 1), rng, device, rows),
+        "fine": train_net("fine", [(c.fine_x, c.fine_y) for c in cases], cfg.fine, args.epochs, rng, device, rows),
+    }
+    meta = {"command": " ".join(["python -m predictor.train", *(argv if argv is not None else sys.argv[1:])]),
+            "cases": len(cases), "epochs": args.epochs, "seed": args.seed, "device": str(device),
+            "threads": threads, "seconds": round(time.perf_counter() - start, 1)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "train_log.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["net", "step", "loss", "seconds"])
+        writer.writeheader()
+        writer.writerows(rows)
+    folder = export(nets, cfg, args.out, meta)
+    log.info("exported %s in %.0f s total", folder, meta["seconds"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

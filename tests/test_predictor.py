@@ -1,0 +1,164 @@
+"""The predictor on arrays and through its CLI: orientation, resampling, geometry round trips, bad input.
+
+Uses the shipped weights (predictor/weights/) on small phantoms; floors are loose because these
+phantoms are coarser than the training ones, but a wrong axis, flip or grid fails them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from challenge.nifti import read_geometry, read_image
+from phantoms.generate import PhantomConfig, generate_case, write_case
+from predictor.orientation import Reorientation
+from predictor.pipeline import Predictor, roi_from_mask
+from predictor.resample import resize_image, resize_labels
+
+LIVER = 1
+DSC_FLOOR = 0.80  # liver, on the original grid
+CENTROID_MM = 12.0  # the liver spans ~150 mm: a wrong flip or axis swap moves it by tens of mm
+
+
+def _direction(perm: tuple[int, int, int], signs: tuple[int, int, int]) -> tuple[float, ...]:
+    d = np.zeros((3, 3))
+    for voxel_axis, world_axis in enumerate(perm):
+        d[world_axis, voxel_axis] = signs[voxel_axis]
+    return tuple(d.ravel())
+
+
+@pytest.mark.parametrize("perm", list(itertools.permutations(range(3))))
+@pytest.mark.parametrize("signs", [(1, 1, 1), (-1, -1, 1), (1, -1, -1)])
+def test_reorientation_is_exact_and_canonical(perm, signs):
+    d = _direction(perm, signs)
+    reo = Reorientation.from_direction(d)
+    a = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    assert np.array_equal(reo.inverse(reo.forward(a)), a)
+    assert torch.equal(reo.inverse(reo.forward(torch.from_numpy(a))), torch.from_numpy(a))
+    # canonical axis c must step along +world axis (2 - c): compare world positions of neighbouring voxels
+    m = np.asarray(d).reshape(3, 3)
+    for c in range(3):
+        array_axis = reo.perm[c]
+        voxel_axis = 2 - array_axis
+        step = m[:, voxel_axis] * (-1 if reo.flip[c] else 1)
+        assert step[2 - c] == 1.0
+
+
+def test_oblique_direction_picks_nearest_axes():
+    angle = np.deg2rad(25)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    ras = np.diag([-1.0, -1.0, 1.0])
+    reo = Reorientation.from_direction(tuple((rot @ ras).ravel()))
+    assert reo.perm == (0, 1, 2) and reo.flip == (False, True, True)
+
+
+def test_resize_labels_keeps_values_and_round_trips():
+    labels = torch.randint(0, 14, (7, 9, 11), dtype=torch.uint8)
+    up = resize_labels(labels, (14, 18, 22))
+    assert up.dtype == torch.uint8 and set(up.unique().tolist()) <= set(labels.unique().tolist())
+    assert torch.equal(resize_labels(up, (7, 9, 11)), labels)
+    img = torch.rand(5, 6, 7)
+    assert resize_image(img, (5, 6, 7)) is img
+
+
+def test_roi_from_mask_scales_and_clamps():
+    mask = np.zeros((10, 10, 10), bool)
+    mask[4:6, 4:6, 4:6] = True
+    roi = roi_from_mask(mask, (100, 50, 20), (1.0, 2.0, 5.0), margin_mm=10.0)
+    assert roi == (slice(30, 70), slice(15, 35), slice(6, 14))
+    assert roi_from_mask(np.zeros((4, 4, 4), bool), (8, 8, 8), (1, 1, 1), 5.0) is None
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Predictor.load(device="cpu")
+
+
+def test_air_only_gives_empty_output(model):
+    air = np.full((40, 64, 64), -1000, dtype=np.int16)
+    labels, timings = model.predict(air, (5.0, 6.0, 6.0))
+    assert labels.shape == air.shape and labels.dtype == np.uint8 and not labels.any()
+    assert timings.roi_fine_shape == ()
+
+
+CASES = {
+    "LPS": PhantomConfig(shape=(112, 112, 56), orientation="LPS", prefix="Lps"),
+    "RAS": PhantomConfig(shape=(112, 112, 56), orientation="RAS", prefix="Ras"),
+    "oblique": PhantomConfig(shape=(112, 112, 56), orientation="RAS", oblique_deg=20.0, prefix="Obl"),
+}
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory):
+    """Run the CLI once on one phantom per orientation; returns (data dir, output dir, completed process)."""
+    root = tmp_path_factory.mktemp("orient")
+    for i, config in enumerate(CASES.values()):
+        write_case(generate_case(seed=77, index=i, config=config), root)
+    out = root / "pred"
+    proc = subprocess.run([sys.executable, "-m", "predictor", "-i", str(root / "images"), "-o", str(out),
+                           "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    return root, out, proc
+
+
+def _world_centroid(mask: np.ndarray, geometry) -> np.ndarray:
+    kji = np.argwhere(mask).mean(axis=0)
+    return geometry.index_to_world(kji[::-1])[0]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_output_grid_and_liver_position(predicted, name):
+    root, out, proc = predicted
+    assert proc.returncode == 0, proc.stderr
+    case = f"{CASES[name].prefix}_{list(CASES).index(name) + 1:04d}"
+    gt, geo = read_image(root / "labels" / f"{case}.nii.gz")
+    pred_path = out / f"{case}.nii.gz"
+    assert read_geometry(pred_path).mismatch(geo) is None
+    assert sitk.ReadImage(str(pred_path)).GetPixelID() == sitk.sitkUInt8
+    pred, _ = read_image(pred_path)
+    assert pred.max() <= 13
+    p, g = pred == LIVER, gt == LIVER
+    dsc = 2 * (p & g).sum() / (p.sum() + g.sum())
+    assert dsc > DSC_FLOOR, f"{name}: liver DSC {dsc:.3f}"
+    shift = np.linalg.norm(_world_centroid(p, geo) - _world_centroid(g, geo))
+    assert shift < CENTROID_MM, f"{name}: liver centroid off by {shift:.1f} mm"
+
+
+def _bad_inputs(folder):
+    """One good phantom plus the five kinds of bad input; returns the bad files' names."""
+    write_case(generate_case(seed=5, index=0, config=PhantomConfig(shape=(96, 96, 48), prefix="Good")),
+               folder / "data")
+    images = folder / "data" / "images"
+    good = (images / "Good_0001_0000.nii.gz").read_bytes()
+    (images / "Text_0000.nii.gz").write_text("this is not a NIfTI file\n")
+    (images / "Truncated_0000.nii.gz").write_bytes(good[: len(good) // 2])
+    (images / "Empty_0000.nii.gz").write_bytes(b"")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((64, 64), np.int16)), str(images / "Flat_0000.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 8, 16, 16), np.int16)), str(images / "Time_0000.nii.gz"))
+    return images, ["Text", "Truncated", "Empty", "Flat", "Time"]
+
+
+def test_bad_inputs_fail_alone(tmp_path):
+    images, bad = _bad_inputs(tmp_path)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "predictor", "-i", str(images), "-o", str(out), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == len(bad), proc.stderr
+    for case in bad:
+        assert sum(f"{case}_0000.nii.gz" in line for line in errors) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["Good_0001.nii.gz"]  # nothing partial, nothing hidden
+    assert read_geometry(out / "Good_0001.nii.gz").mismatch(read_geometry(images / "Good_0001_0000.nii.gz")) is None
+
+
+def test_bad_arguments_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "predictor", "-i", str(tmp_path / "missing"), "-o", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "missing" in proc.stderr and "Traceback" not in proc.stderr

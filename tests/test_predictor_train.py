@@ -1,0 +1,69 @@
+"""predictor.train: data validation names the bad file; a tiny run exports weights the predictor loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from challenge.nifti import read_image, write_label
+from phantoms.generate import PhantomConfig, generate_case, write_case
+from predictor.pipeline import Predictor
+
+SMALL = PhantomConfig(shape=(64, 64, 32))
+
+
+@pytest.fixture
+def data(tmp_path):
+    for i in range(2):
+        write_case(generate_case(seed=3, index=i, config=SMALL), tmp_path)
+    return tmp_path
+
+
+def _train(data, out, *extra):
+    return subprocess.run([sys.executable, "-m", "predictor.train", "--images", str(data / "images"),
+                           "--labels", str(data / "labels"), "--out", str(out), "--threads", "2", *extra],
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_missing_label_is_named(data, tmp_path):
+    (data / "labels" / "Phantom_0002.nii.gz").unlink()
+    proc = _train(data, tmp_path / "run")
+    assert proc.returncode == 1 and "Phantom_0002_0000.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_label_on_another_grid_is_named(data, tmp_path):
+    path = data / "labels" / "Phantom_0001.nii.gz"
+    image = sitk.ReadImage(str(path))
+    image.SetSpacing([s * 1.5 for s in image.GetSpacing()])
+    sitk.WriteImage(image, str(path))
+    proc = _train(data, tmp_path / "run")
+    assert proc.returncode == 1 and "Phantom_0001.nii.gz" in proc.stderr and "spacing" in proc.stderr
+
+
+def test_label_value_out_of_range_is_named(data, tmp_path):
+    path = data / "labels" / "Phantom_0002.nii.gz"
+    labels, geo = read_image(path)
+    labels[0, 0, 0] = 14
+    write_label(labels, geo, path)
+    proc = _train(data, tmp_path / "run")
+    assert proc.returncode == 1 and "Phantom_0002.nii.gz" in proc.stderr and "0..13" in proc.stderr
+
+
+def test_help_documents_the_shipped_command():
+    proc = subprocess.run([sys.executable, "-m", "predictor.train", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--seed 0" in proc.stdout and "predictor/weights" in proc.stdout
+
+
+@pytest.mark.slow
+def test_one_epoch_exports_loadable_weights(data, tmp_path):
+    proc = _train(data, tmp_path / "run", "--epochs", "1", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    model = Predictor.load(tmp_path / "run" / "weights", device="cpu")
+    image, geo = read_image(data / "images" / "Phantom_0001_0000.nii.gz")
+    labels, _ = model.predict(image, geo.spacing_kji, geo.direction)
+    assert labels.shape == image.shape and labels.dtype == np.uint8 and labels.max() <= 13
+    assert (tmp_path / "run" / "train_log.csv").read_text().count("\n") >= 3
