@@ -7,7 +7,8 @@
 #   3. run the whole challenge on them: load, monitored runs per case, scoring, ranking, report;
 #   4. print the path of the leaderboard.
 # Where Docker cannot run, the same pipeline runs the teams as host commands (the monitor's local mode).
-#   usage: docker/demo.sh [OUT_DIR]    env: DEMO_CASES (4), DEMO_SHAPE ("160 160 48"), DEMO_SEED (2026)
+#   usage: docker/demo.sh [OUT_DIR]    env: DEMO_CASES (4), DEMO_SHAPE ("160 160 48"), DEMO_SEED (2026),
+#          DEMO_LOCAL=1 (local mode even where Docker runs)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,7 +35,7 @@ config["pipeline"]["fine_mm"] = 3.0
 json.dump(config, open(path, "w"), indent=2)
 PY
 
-if bash docker/engine.sh >/dev/null 2>&1 && "$DOCKER" info >/dev/null 2>&1; then
+if [ -z "${DEMO_LOCAL:-}" ] && bash docker/engine.sh >/dev/null 2>&1 && "$DOCKER" info >/dev/null 2>&1; then
   echo "== 2. images: baseline (make image) and lowres (fine pass at 3 mm, 1 thread)"
   bash docker/build_image.sh flare-predictor:latest
   ctx=$(mktemp -d)
@@ -50,7 +51,7 @@ if bash docker/engine.sh >/dev/null 2>&1 && "$DOCKER" info >/dev/null 2>&1; then
   $PY -m organizer challenge --teams "$OUT/teams" --cases "$OUT/data/images" --gt "$OUT/data/labels" \
     --out "$OUT/challenge" --memory 8g --shm-size 2g --timeout 600
 else
-  echo "== 2. Docker cannot run here: the teams run as host commands (the monitor's local mode)"
+  echo "== 2. Docker cannot run here (or DEMO_LOCAL is set): the teams run as host commands (the monitor's local mode)"
   echo "== 3. challenge: local runs -> scores -> leaderboard"
   $PY -m organizer challenge \
     --local "baseline=$PY -m predictor -i {inputs} -o {outputs}" \
