@@ -7,8 +7,8 @@ random patches (CE + soft Dice, AdamW, cosine schedule) -> export RUN_DIR/weight
 coarse.pt, fine.pt} (fp16 state dicts), which ``python -m predictor --weights RUN_DIR/weights`` loads.
 Reproducible from --seed on the same device and thread count.
 
-Extension point for semi-supervised training (a later issue): --unlabeled DIR --rounds K --keep F
---teacher big|small would add pseudo-labelled cases to ``Dataset`` between rounds of ``train_net``.
+Semi-supervised training (pseudo-labels from unlabeled scans, filtered, iterated, optionally distilled
+from a big teacher): ``--unlabeled DIR --rounds K --keep F --teacher big|small``, see predictor/semi.py.
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ import argparse
 import csv
 import json
 import logging
+import queue
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -156,36 +159,145 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ce + (1 - dice[present].mean() if present.any() else 0.0)
 
 
+def _batch(data: list[tuple[np.ndarray, np.ndarray]], spec: NetTraining,
+           rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for _ in range(spec.batch):
+        x, y = data[rng.integers(len(data))]
+        px, py = sample_patch(x, y, spec.patch, spec.foreground_fraction, rng)
+        scale, shift = rng.uniform(0.9, 1.1), rng.uniform(-0.1, 0.1)  # contrast/brightness jitter
+        px = px.astype(np.float32)
+        px[0] = px[0] * scale + shift  # channel 0 is intensity; the rest are coordinates
+        xs.append(px)
+        ys.append(py.astype(np.int64))
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+class _Prefetch:
+    """Draw batches ``first..total-1`` in a background thread (numpy and torch release the GIL), in the
+    order and with the ``rng`` draws a plain loop would make. Each item carries the rng state after its
+    draws, so a checkpoint can record where the next batch starts."""
+
+    def __init__(self, draw: Callable[[], tuple[torch.Tensor, torch.Tensor]], rng: np.random.Generator,
+                 count: int, depth: int = 2) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+
+        def put(item: object) -> bool:
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work() -> None:
+            try:
+                for _ in range(count):
+                    if not put((*draw(), rng.bit_generator.state)):
+                        return
+            except BaseException as err:  # noqa: BLE001 - re-raised in the training thread
+                put(err)
+
+        self._thread = threading.Thread(target=work, daemon=True, name="batches")
+        self._thread.start()
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic torch.save (temporary name, then rename): a kill mid-write leaves the previous epoch's."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
 def train_net(name: str, data: list[tuple[np.ndarray, np.ndarray]], spec: NetTraining, epochs: int,
-              rng: np.random.Generator, device: torch.device, log_rows: list[dict]) -> UNet3D:
+              rng: np.random.Generator, device: torch.device, log_rows: list[dict],
+              checkpoint: Path | None = None, progress: bool = False) -> UNet3D:
+    """Train one network for ``epochs`` epochs of ``spec.steps_per_epoch`` steps.
+
+    ``checkpoint``: after each epoch the network, optimiser, schedule, ``rng`` state and log rows are saved
+    there; if the file exists training resumes after its last epoch (and ``rng`` continues from its saved
+    state), so an interruption loses at most the current epoch. Mixed precision (fp16 autocast with a
+    gradient scaler) on CUDA only; CPU training is unchanged. ``progress``: a tqdm bar with an ETA.
+    """
     net = UNet3D(spec.unet).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=1e-4)
     total = epochs * spec.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total, pct_start=0.1)
-    clock = time.perf_counter()
-    for step in range(total):
-        xs, ys = [], []
-        for _ in range(spec.batch):
-            x, y = data[rng.integers(len(data))]
-            px, py = sample_patch(x, y, spec.patch, spec.foreground_fraction, rng)
-            scale, shift = rng.uniform(0.9, 1.1), rng.uniform(-0.1, 0.1)  # contrast/brightness jitter
-            px = px.astype(np.float32)
-            px[0] = px[0] * scale + shift  # channel 0 is intensity; the rest are coordinates
-            xs.append(px)
-            ys.append(py.astype(np.int64))
-        x = torch.from_numpy(np.stack(xs)).to(device)
-        y = torch.from_numpy(np.stack(ys)).to(device)
-        loss = dice_ce_loss(net(x), y)
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    first, elapsed = 0, 0.0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        scaler.load_state_dict(state["scaler"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        first, elapsed = state["epoch"] * spec.steps_per_epoch, state["seconds"]
+        log_rows.extend(state["rows"])
+        log.info("%s: resumed from %s after epoch %d", name, checkpoint, state["epoch"])
+    own_rows = [r for r in log_rows if r["net"] == name]
+    clock = time.perf_counter() - elapsed
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=first, desc=name, unit="step", leave=False)
+    batches = _Prefetch(lambda: _batch(data, spec, rng), rng, total - first)
+    try:
+        _train_steps(net, opt, sched, scaler, batches, range(first, total), name, spec, device, clock,
+                     log_rows, own_rows, checkpoint, bar)
+    finally:
+        batches.close()
+        if bar is not None:
+            bar.close()
+    return net.eval()
+
+
+def _train_steps(net: UNet3D, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                 scaler: torch.amp.GradScaler, batches: _Prefetch, steps: range, name: str, spec: NetTraining,
+                 device: torch.device, clock: float, log_rows: list[dict], own_rows: list[dict],
+                 checkpoint: Path | None, bar) -> None:
+    amp, total = device.type == "cuda", steps.stop
+    for step in steps:
+        x, y, rng_state = batches.next()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            logits = net(x)
+        loss = dice_ce_loss(logits.float(), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if step % spec.steps_per_epoch == spec.steps_per_epoch - 1 or step == total - 1:
             row = {"net": name, "step": step + 1, "loss": round(loss.item(), 4),
                    "seconds": round(time.perf_counter() - clock, 1)}
             log_rows.append(row)
+            own_rows.append(row)
             log.info("%s step %d/%d loss %.4f (%.0f s)", name, step + 1, total, row["loss"], row["seconds"])
-    return net.eval()
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, {
+                    "net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": rng_state,
+                    "torch_rng": torch.get_rng_state(), "epoch": (step + 1) // spec.steps_per_epoch,
+                    "seconds": time.perf_counter() - clock, "rows": own_rows})
 
 
 def export(nets: dict[str, UNet3D], cfg: TrainConfig, out: Path, meta: dict) -> Path:
@@ -208,6 +320,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Train the coarse (ROI) and fine (13-organ) 3D U-Nets and export RUN_DIR/weights/.",
         epilog="Examples:\n" + SHIPPED_COMMAND + "\n\n  # a quick smoke run:\n"
                "  python -m predictor.train --images d/images --labels d/labels --out /tmp/run --epochs 1\n\n"
+               "  # semi-supervised: 3 pseudo-label rounds on unlabeled scans, keep the 90 % most stable;\n"
+               "  # rerun the same command to resume (RUN_DIR layout: predictor/semi.py)\n"
+               "  python -m predictor.train --images d/images --labels d/labels --unlabeled u/images \\\n"
+               "      --out /tmp/semi --rounds 3 --keep 0.9 [--teacher big]\n\n"
                "Use the result: python -m predictor -i IN -o OUT --weights RUN_DIR/weights")
     p.add_argument("--images", type=Path, required=True, help="folder of <Case>_0000.nii.gz")
     p.add_argument("--labels", type=Path, required=True, help="folder of <Case>.nii.gz on the same grids")
@@ -217,15 +333,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    semi = p.add_argument_group(
+        "semi-supervised (only with --unlabeled; see predictor/semi.py for the RUN_DIR layout)")
+    semi.add_argument("--unlabeled", type=Path, help="folder of unlabeled <Case>_0000.nii.gz to pseudo-label")
+    semi.add_argument("--rounds", type=int, default=3,
+                      help="pseudo-label rounds after round 0 (labeled only); default 3")
+    semi.add_argument("--keep", type=float, default=0.9,
+                      help="fraction of pseudo-labeled cases kept per round, most stable first (default 0.9)")
+    semi.add_argument("--teacher", choices=("small", "big"), default="small",
+                      help="big: a wider teacher makes the pseudo-labels, the small model is distilled from them")
+    semi.add_argument("--steps-per-epoch", type=int, default=0,
+                      help="override both networks' steps per epoch (smoke tests; default: 20 coarse, 50 fine)")
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
+    if args.unlabeled is not None:
+        if args.rounds < 0:
+            p.error("--rounds must be >= 0")
+        if not 0.0 < args.keep <= 1.0:
+            p.error("--keep must be in (0, 1]")
+        if args.steps_per_epoch < 0:
+            p.error("--steps-per-epoch must be >= 0")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.unlabeled is not None:
+        from .semi import run_semi
+
+        return run_semi(args, argv if argv is not None else sys.argv[1:])
     try:
         device = resolve_device(args.device)
     except ValueError as err:

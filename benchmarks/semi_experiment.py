@@ -1,0 +1,138 @@
+"""Does semi-supervised training help on a shifted domain? Labeled-only vs 1..R pseudo-label rounds,
+with filtering (--keep) and without (--keep 1.0), over several seeds, scored by the evaluator.
+
+Data (phantoms, ~3 mm voxels at the default --shape 128 128 64): --labeled portal-phase cases,
+--unlabeled cases of mixed domains (portal, arterial, noncontrast, lowdose, thick), and a held-out
+test set of the shifted --test-domain (default noncontrast). For each seed and each keep value it runs
+``python -m predictor.train --unlabeled ... --rounds R`` and scores every round's weights
+(round 0 = labeled only) on the test set with ``evaluator.score_folder`` (mean DSC and NSD over cases).
+Round 0 is the same for both keep values of a seed, so the second run reuses it (the trainer skips
+finished rounds). Prints a table (mean over seeds, and per seed) and writes OUT/results.csv.
+
+    # the full experiment (NOT yet run). Estimate on 2 CPU cores from parts measured separately:
+    # fine step ~0.45 s -> ~3.5 min per model at --epochs 8; one pseudo-label ~1.7 s -> ~4.5 min per
+    # round for 150 scans; ~28 min per (seed, keep) run, ~1.8 h for 2 seeds x 2 keep values.
+    python benchmarks/semi_experiment.py --out /work/data/semi_exp
+    # smoke configuration (proves the script works; numbers meaningless), a few minutes:
+    python benchmarks/semi_experiment.py --out /tmp/semi_smoke --labeled 2 --unlabeled 3 --test 2 \\
+        --shape 64 64 32 --rounds 1 --seeds 0 --epochs 1 --steps-per-epoch 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from challenge.nifti import read_image, write_label
+from evaluator import score_folder
+from phantoms.generate import PhantomConfig, generate_case, write_case
+from predictor.pipeline import Predictor
+
+log = logging.getLogger("semi_experiment")
+UNLABELED_DOMAINS = ("portal", "arterial", "noncontrast", "lowdose", "thick")
+
+
+def make_data(root: Path, args: argparse.Namespace) -> dict[str, Path]:
+    """root/{labeled,unlabeled,test}/{images,labels}; reused if present (case i depends on (seed, i))."""
+    shape = tuple(args.shape)
+    sets = {"labeled": (args.labeled, 101, ("portal",)), "unlabeled": (args.unlabeled, 202, UNLABELED_DOMAINS),
+            "test": (args.test, 303, (args.test_domain,))}
+    out = {}
+    for name, (n, seed, domains) in sets.items():
+        folder = root / name
+        if not (folder / "images").is_dir() or len(list((folder / "images").iterdir())) < n:
+            for i in range(n):
+                cfg = PhantomConfig(shape=shape, domain=domains[i % len(domains)], prefix=name.capitalize())
+                write_case(generate_case(seed=seed, index=i, config=cfg), folder)
+        out[name] = folder
+    return out
+
+
+def train(data: dict[str, Path], out: Path, seed: int, keep: float, args: argparse.Namespace) -> float:
+    cmd = [sys.executable, "-m", "predictor.train", "--images", str(data["labeled"] / "images"),
+           "--labels", str(data["labeled"] / "labels"), "--unlabeled", str(data["unlabeled"] / "images"),
+           "--out", str(out), "--rounds", str(args.rounds), "--keep", str(keep), "--teacher", args.teacher,
+           "--epochs", str(args.epochs), "--seed", str(seed), "--threads", str(args.threads),
+           "--device", args.device]
+    if args.steps_per_epoch:
+        cmd += ["--steps-per-epoch", str(args.steps_per_epoch)]
+    clock = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"error: training failed ({' '.join(cmd)}): {proc.stderr.strip().splitlines()[-1:]}")
+    return time.perf_counter() - clock
+
+
+def evaluate(weights: Path, test: Path, work: Path, device: str) -> tuple[float, float]:
+    """Mean DSC and NSD over the test cases of ``weights`` (predictions written to work/pred)."""
+    model = Predictor.load(weights, device=device)
+    pred = work / "pred"
+    shutil.rmtree(pred, ignore_errors=True)
+    for image_path in sorted((test / "images").iterdir()):
+        image, geo = read_image(image_path)
+        labels, _ = model.predict(image, geo.spacing_kji, geo.direction)
+        write_label(labels, geo, pred / image_path.name.replace("_0000.nii.gz", ".nii.gz"))
+    table = score_folder(test / "labels", pred, work / "scores", workers=1, progress=False)
+    return float(table["DSC_mean"].mean()), float(table["NSD_mean"].mean())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--labeled", type=int, default=8)
+    p.add_argument("--unlabeled", type=int, default=150)
+    p.add_argument("--test", type=int, default=10)
+    p.add_argument("--test-domain", default="noncontrast", choices=("noncontrast", "lowdose", "arterial", "thick"))
+    p.add_argument("--shape", type=int, nargs=3, default=[128, 128, 64], metavar=("X", "Y", "Z"))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--keep", type=float, default=0.9, help="the filtered arm (the other is 1.0)")
+    p.add_argument("--teacher", choices=("small", "big"), default="small")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--steps-per-epoch", type=int, default=0, help="0: the trainer's default")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = make_data(args.out / "data", args)
+    rows = []
+    for seed in args.seeds:
+        for keep in dict.fromkeys([args.keep, 1.0]):
+            run = args.out / f"seed{seed}_keep{keep:g}"
+            first = args.out / f"seed{seed}_keep{args.keep:g}" / "round_0"
+            if run.name != first.parent.name and first.is_dir() and not (run / "round_0").exists():
+                shutil.copytree(first, run / "round_0")  # identical round 0: the trainer skips it
+            seconds = train(data, run, seed, keep, args)
+            log.info("trained %s in %.0f s", run.name, seconds)
+            for k in range(args.rounds + 1):
+                dsc, nsd = evaluate(run / f"round_{k}" / "weights", data["test"], run / f"eval_{k}", args.device)
+                rows.append({"seed": seed, "keep": keep, "round": k, "DSC_mean": round(dsc, 4),
+                             "NSD_mean": round(nsd, 4), "train_seconds": round(seconds, 1)})
+                log.info("seed %d keep %g round %d: DSC %.4f NSD %.4f", seed, keep, k, dsc, nsd)
+    with open(args.out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"\ntest domain {args.test_domain}, {args.test} cases; mean over seeds {args.seeds}")
+    print(f"{'keep':>5} {'round':>5} {'DSC':>7} {'NSD':>7}   per seed DSC")
+    for keep in dict.fromkeys([args.keep, 1.0]):
+        for k in range(args.rounds + 1):
+            sel = [r for r in rows if r["keep"] == keep and r["round"] == k]
+            label = "labeled only" if k == 0 else ""
+            per_seed = " ".join(f"{r['DSC_mean']:.4f}" for r in sel)
+            print(f"{keep:>5g} {k:>5d} {statistics.mean(r['DSC_mean'] for r in sel):7.4f} "
+                  f"{statistics.mean(r['NSD_mean'] for r in sel):7.4f}   "
+                  f"{per_seed} {label}")
+    print(f"wrote {args.out / 'results.csv'}")
+
+
+if __name__ == "__main__":
+    main()

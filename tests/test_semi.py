@@ -1,0 +1,229 @@
+"""Semi-supervised training (predictor.semi via python -m predictor.train --unlabeled): RUN_DIR layout,
+selection by --keep, resume (finished rounds skipped; an interrupted network continues from its last
+epoch), and bad unlabeled data stopping the run with one line naming the file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from challenge.nifti import read_image
+from phantoms.generate import PhantomConfig, generate_case, write_case
+from predictor import train as train_mod
+from predictor.network import UNetConfig
+from predictor.pipeline import Predictor
+from predictor.semi import select, stability
+
+SMALL = PhantomConfig(shape=(64, 64, 32))
+
+
+def _phantoms(folder, seed, n):
+    for i in range(n):
+        write_case(generate_case(seed=seed, index=i, config=SMALL), folder)
+    return folder
+
+
+def _train(lab, unl, out, *extra):
+    cmd = [sys.executable, "-m", "predictor.train", "--images", str(lab / "images"), "--labels",
+           str(lab / "labels"), "--unlabeled", str(unl / "images"), "--out", str(out), "--threads", "2",
+           "--epochs", "1", "--steps-per-epoch", "2", "--seed", "1", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("semi")
+    return _phantoms(root / "lab", 3, 3), _phantoms(root / "unl", 4, 3)
+
+
+@pytest.fixture(scope="module")
+def resumed_run(data, tmp_path_factory):
+    """--rounds 1 (rounds 0 and 1), then the same --out with --rounds 2: round 2 only is added."""
+    lab, unl = data
+    out = tmp_path_factory.mktemp("run") / "run"
+    first = _train(lab, unl, out, "--rounds", "1", "--keep", "0.67")
+    assert first.returncode == 0, first.stderr[-2000:]
+    mtimes = {k: (out / f"round_{k}" / "weights" / "fine.pt").stat().st_mtime_ns for k in (0, 1)}
+    second = _train(lab, unl, out, "--rounds", "2", "--keep", "0.67")
+    assert second.returncode == 0, second.stderr[-2000:]
+    return out, mtimes, second.stderr
+
+
+def _selection(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_stability_is_changed_fraction_of_foreground():
+    prev = np.zeros((2, 3, 4), np.uint8)
+    cur = prev.copy()
+    prev[0, 0, :2] = 1  # 2 voxels
+    cur[0, 0, 1:3] = 1  # overlaps prev at one voxel: union 3, changed 2
+    assert stability(prev, cur) == pytest.approx(2 / 3)
+    assert stability(prev, prev) == 0.0
+    assert stability(None, cur) is None
+    assert stability(np.zeros_like(cur), np.zeros_like(cur)) == 0.0
+
+
+def test_select_keeps_the_most_stable_fraction():
+    scores = {f"C{i}": s for i, s in enumerate([0.5, 0.1, 0.9, 0.3, 0.2])}
+    chosen = select(scores, set(), keep=0.6)
+    assert sorted(c for c, (kept, _) in chosen.items() if kept) == ["C1", "C3", "C4"]
+    assert select({"A": 0.1, "B": 0.2}, {"B"}, keep=1.0) == {"A": (True, "stable"),
+                                                             "B": (False, "empty pseudo-label")}
+    assert all(kept for kept, _ in select({"A": None, "B": None}, set(), keep=0.5).values())
+
+
+@pytest.mark.slow
+def test_run_dir_layout_selection_and_export(resumed_run, data):
+    out, _, _ = resumed_run
+    for k in range(3):
+        rdir = out / f"round_{k}"
+        assert {p.name for p in (rdir / "weights").iterdir()} == {"config.json", "coarse.pt", "fine.pt"}
+        assert (rdir / "done.json").is_file() and not (rdir / "ckpt").exists()
+        if k:
+            assert sorted(p.name for p in (rdir / "pseudo").iterdir()) == [
+                "Phantom_0001.nii.gz", "Phantom_0002.nii.gz", "Phantom_0003.nii.gz"]
+    round1 = _selection(out / "round_1" / "selection.csv")
+    assert len(round1) == 3 and all(r["kept"] == "1" and r["score"] == "" for r in round1)
+    round2 = _selection(out / "round_2" / "selection.csv")
+    nonempty = [r for r in round2 if r["reason"] != "empty pseudo-label"]
+    kept = [r for r in round2 if r["kept"] == "1"]
+    expected = max(1, math.floor(0.67 * len(nonempty) + 0.5)) if nonempty else 0  # 3 non-empty -> 2 kept
+    assert len(kept) == expected and len(round2) - len(kept) == 3 - expected
+    if len(nonempty) == 3:
+        assert max(float(r["score"]) for r in kept) <= min(float(r["score"]) for r in round2 if r["kept"] == "0")
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "complete" and manifest["arguments"]["rounds"] == 2
+    assert manifest["versions"]["torch"] == torch.__version__ and set(manifest["rounds"]) == {"0", "1", "2"}
+    assert (out / "curves.png").stat().st_size > 1000
+    with open(out / "curves.csv", newline="") as f:
+        assert {r["round"] for r in csv.DictReader(f)} == {"0", "1", "2"}
+    assert (out / "weights" / "fine.pt").read_bytes() == (out / "round_2" / "weights" / "fine.pt").read_bytes()
+    model = Predictor.load(out / "weights", device="cpu")
+    image, geo = read_image(data[1] / "images" / "Phantom_0001_0000.nii.gz")
+    labels, _ = model.predict(image, geo.spacing_kji, geo.direction)
+    assert labels.shape == image.shape and labels.dtype == np.uint8 and labels.max() <= 13
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_rounds(resumed_run):
+    out, mtimes, log = resumed_run
+    for k, mtime in mtimes.items():
+        assert (out / f"round_{k}" / "weights" / "fine.pt").stat().st_mtime_ns == mtime
+        assert f"round {k}: done already, skipped" in log
+
+
+def test_big_teacher_makes_pseudo_labels_small_model_is_exported(data, tmp_path):
+    lab, unl = data
+    out = tmp_path / "run"
+    proc = _train(lab, unl, out, "--rounds", "1", "--teacher", "big")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for k in (0, 1):
+        teacher = json.loads((out / f"round_{k}" / "teacher" / "config.json").read_text())
+        small = json.loads((out / f"round_{k}" / "weights" / "config.json").read_text())
+        assert teacher["fine"]["base"] == 2 * small["fine"]["base"]
+        assert teacher["coarse"]["base"] == 2 * small["coarse"]["base"]
+    assert json.loads((out / "weights" / "config.json").read_text())["fine"] == small["fine"]
+    assert len(_selection(out / "round_1" / "selection.csv")) == 3
+    Predictor.load(out / "weights", device="cpu")
+
+
+def test_killed_run_continues_from_its_checkpoint(data, tmp_path):
+    """A real SIGKILL once the fine network's first epoch checkpoint exists; the rerun resumes there."""
+    lab, unl = data
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "predictor.train", "--images", str(lab / "images"), "--labels",
+            str(lab / "labels"), "--unlabeled", str(unl / "images"), "--out", str(out), "--threads", "2",
+            "--epochs", "8", "--steps-per-epoch", "2", "--seed", "1", "--rounds", "0"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "round_0" / "ckpt" / "small_fine.pt"
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and ckpt.exists()
+    assert not (out / "weights").exists() and not (out / "round_0" / "done.json").exists()
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "coarse: resumed" in rerun.stderr and "fine: resumed" in rerun.stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    Predictor.load(out / "weights", device="cpu")
+
+
+def test_interrupted_network_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    """The interruption is simulated (a KeyboardInterrupt raised right after the first epoch's checkpoint
+    is saved): a real Ctrl-C cannot be timed to an epoch boundary in a test. The resumed training must
+    end with exactly the weights of an uninterrupted one."""
+    torch.set_num_threads(1)
+    spec = train_mod.NetTraining(UNetConfig(classes=2, base=4, levels=2), (8, 8, 8), 1, 2)
+    gen = np.random.default_rng(0)
+    data = [(gen.normal(size=(1, 10, 10, 10)).astype(np.float16), (gen.random((10, 10, 10)) > 0.5).astype(np.uint8))]
+
+    def run(ckpt):
+        torch.manual_seed(0)
+        return train_mod.train_net("n", data, spec, 3, np.random.default_rng(1), torch.device("cpu"), [], ckpt)
+
+    reference = run(tmp_path / "a.pt").state_dict()
+    save = train_mod._save_checkpoint
+
+    def save_then_interrupt(path, state):
+        save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b.pt")
+    assert torch.load(tmp_path / "b.pt", weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(train_mod, "_save_checkpoint", save)
+    resumed = run(tmp_path / "b.pt").state_dict()
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_unreadable_unlabeled_file_stops_before_training(data, tmp_path):
+    lab, unl = data
+    bad = tmp_path / "unl"
+    _phantoms(bad, 4, 2)
+    broken = bad / "images" / "Phantom_0002_0000.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:200])  # a truncated download
+    out = tmp_path / "run"
+    proc = _train(lab, bad, out, "--rounds", "1")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and str(broken) in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_bad_label_in_semi_mode_exits_2_naming_it(tmp_path, data):
+    lab = _phantoms(tmp_path / "lab", 5, 2)
+    path = lab / "labels" / "Phantom_0002.nii.gz"
+    labels, geo = read_image(path)
+    labels[0, 0, 0] = 14
+    from challenge.nifti import write_label
+
+    write_label(labels, geo, path)
+    proc = _train(lab, data[1], tmp_path / "run")
+    assert proc.returncode == 2 and str(path) in proc.stderr and "0..13" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.gpu
+def test_mixed_precision_run_on_the_gpu(gpu_index, data, tmp_path):
+    """On a CUDA GPU: the semi-supervised run trains with AMP and exports weights the predictor loads."""
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device (a CPU build of torch?)")
+    lab, unl = data
+    out = tmp_path / "run"
+    proc = _train(lab, unl, out, "--rounds", "1", "--device", "cuda")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "run.json").read_text())["device"].startswith("cuda")
+    Predictor.load(out / "weights", device="cuda")
