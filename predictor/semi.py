@@ -53,7 +53,7 @@ import torch
 from challenge.cases import list_images
 from challenge.nifti import NiftiError, read_image, write_label
 
-from .pipeline import Predictor, resolve_device, set_cpu_threads
+from .pipeline import Predictor
 from .train import Case, DataError, NetTraining, TrainConfig, export, precompute, train_net, validate
 
 log = logging.getLogger("predictor.semi")
@@ -241,23 +241,17 @@ def _load_inputs(args: argparse.Namespace, cfg: TrainConfig) -> tuple[list[Case]
     return cases, validate_unlabeled(args.unlabeled)
 
 
-def run_semi(args: argparse.Namespace, argv: list[str]) -> int:
+def run_semi(args: argparse.Namespace, argv: list[str], device: torch.device, threads: int) -> int:
     """The semi-supervised run (see the module docstring). Exit 0, 2 on bad data/arguments, 130 on Ctrl-C."""
     try:
-        return _run(args, argv)
+        return _run(args, argv, device, threads)
     except KeyboardInterrupt:
         print(f"interrupted: rerun the same command to resume from the last epoch in {args.out}",
               file=sys.stderr)
         return 130
 
 
-def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    try:
-        device = resolve_device(args.device)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    threads = set_cpu_threads(args.threads)
+def _run(args: argparse.Namespace, argv: list[str], device: torch.device, threads: int) -> int:
     semi = SemiConfig(args.rounds, args.keep, args.teacher, args.epochs, args.seed, args.steps_per_epoch)
     models = _configs(TrainConfig(), semi)
     start = time.perf_counter()

@@ -360,16 +360,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if args.unlabeled is not None:
-        from .semi import run_semi
-
-        return run_semi(args, argv if argv is not None else sys.argv[1:])
     try:
         device = resolve_device(args.device)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     threads = set_cpu_threads(args.threads)
+    if args.unlabeled is not None:
+        from .semi import run_semi
+
+        return run_semi(args, argv if argv is not None else sys.argv[1:], device, threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     cfg = TrainConfig()
