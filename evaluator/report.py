@@ -12,16 +12,13 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
-from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pandas as pd
 
+from challenge.files import atomic_write
 from challenge.labels import ORGANS
 from evaluator.ranking import METRICS, Ranking
 
@@ -36,18 +33,18 @@ def write_leaderboard(ranking: Ranking, out_dir: Path, metrics: dict[str, pd.Dat
     """Write every leaderboard file into ``out_dir``; returns the path of index.html."""
     out_dir.mkdir(parents=True, exist_ok=True)
     board = ranking.leaderboard.reset_index()
-    _atomic(out_dir / "leaderboard.csv", lambda f: board.to_csv(f, index=False))
+    atomic_write(out_dir / "leaderboard.csv", lambda f: board.to_csv(f, index=False))
     payload = {"leaderboard": json.loads(board.to_json(orient="records")),
                "kendall_tau": _tau_summary(ranking.kendall_tau),
                "rank_distribution": _rank_distribution(ranking),
                "settings": settings}
-    _atomic(out_dir / "leaderboard.json", lambda f: json.dump(payload, f, indent=2))
+    atomic_write(out_dir / "leaderboard.json", lambda f: json.dump(payload, f, indent=2))
     table = ranking.values.join(ranking.ranks.add_suffix("_rank")).reset_index()
-    _atomic(out_dir / "case_ranks.csv", lambda f: table.to_csv(f, index=False))
-    _atomic(out_dir / "bootstrap_ranks.csv", lambda f: ranking.bootstrap_ranks.to_csv(f, index_label="sample"))
-    _atomic(out_dir / "pairwise.csv", lambda f: ranking.pairwise.to_csv(f, index=False))
+    atomic_write(out_dir / "case_ranks.csv", lambda f: table.to_csv(f, index=False))
+    atomic_write(out_dir / "bootstrap_ranks.csv", lambda f: ranking.bootstrap_ranks.to_csv(f, index_label="sample"))
+    atomic_write(out_dir / "pairwise.csv", lambda f: ranking.pairwise.to_csv(f, index=False))
     page = render_html(ranking, metrics, curves, settings)
-    _atomic(out_dir / "index.html", lambda f: f.write(page))
+    atomic_write(out_dir / "index.html", lambda f: f.write(page))
     return out_dir / "index.html"
 
 
@@ -63,17 +60,6 @@ def _rank_distribution(ranking: Ranking) -> dict[str, dict[str, float]]:
     boot = ranking.bootstrap_ranks
     return {team: {str(int(r)): float(f) for r, f in boot[team].value_counts(normalize=True).sort_index().items()}
             for team in boot.columns}
-
-
-def _atomic(path: Path, write: Callable) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def render_html(ranking: Ranking, metrics: dict[str, pd.DataFrame], curves: dict[str, Curves],
@@ -234,6 +220,3 @@ def _curves_plot(curves: dict[str, Curves], teams: list[str]) -> plt.Figure | No
         ax.set_xlabel("time since start (s)")
     return fig
 
-
-def settings_dict(ranking: Ranking, **extra) -> dict:
-    return {"ranking": asdict(ranking.settings), **extra}

@@ -15,7 +15,6 @@ import logging
 import os
 import platform
 import sys
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from challenge.cases import case_from_label, label_name, list_labels
+from challenge.files import atomic_write
 from challenge.labels import ORGANS, metric_columns
 from challenge.nifti import Geometry, NiftiError, read_image
 from evaluator.metrics import MODES, OrganScores, clean_labels, empty_prediction_scores, score_arrays
@@ -161,9 +161,9 @@ def score_folder(gt_dir: str | Path, pred_dir: str | Path, out_dir: str | Path, 
     table = pd.DataFrame([r.row() for r in results])
     extra = _extra_files(cases, pred_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / "metrics.csv", lambda f: table.to_csv(f, index=False))
+    atomic_write(out_dir / "metrics.csv", lambda f: table.to_csv(f, index=False))
     summary = summarize(table, mode, extra)
-    _atomic_write(out_dir / "summary.json", lambda f: json.dump(summary, f, indent=2, allow_nan=True))
+    atomic_write(out_dir / "summary.json", lambda f: json.dump(summary, f, indent=2, allow_nan=True))
     return table
 
 
@@ -245,13 +245,4 @@ def versions() -> dict[str, str]:
             "scipy": scipy.__version__, "SimpleITK": SimpleITK.Version_VersionString(), "pandas": pd.__version__}
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from challenge.files import atomic_write
 from evaluator.leaderboard import TEAM_STATUS, LeaderboardSettings, rank_results
 from resource_monitor.monitor import MonitorError, load_archive, run_team
 from resource_monitor.settings import RunSettings
@@ -37,7 +38,7 @@ def find_archives(folder: Path) -> list[Path]:
 
 def _mark_failed(team_dir: Path, note: str) -> None:
     team_dir.mkdir(parents=True, exist_ok=True)
-    (team_dir / TEAM_STATUS).write_text(json.dumps({"note": note}))
+    atomic_write(team_dir / TEAM_STATUS, lambda f: json.dump({"note": note}, f))
     log.error("%s: %s", team_dir.name, note)
 
 

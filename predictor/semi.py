@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from challenge.cases import list_images
+from challenge.files import atomic_write
 from challenge.nifti import NiftiError, read_image, write_label
 
 from .pipeline import Predictor
@@ -118,9 +119,7 @@ def select(scores: dict[str, float | None], empty: set[str], keep: float) -> dic
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=str) + "\n"))
 
 
 def _configs(cfg: TrainConfig, semi: SemiConfig) -> dict[str, TrainConfig]:

@@ -9,27 +9,19 @@ flare22 and accurate figures, and the sampled series (see :class:`resource_monit
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from challenge.files import atomic_write
 from resource_monitor.efficiency import ACCURATE_COLUMNS, FLARE22_COLUMNS, official_cpu_percent
 from resource_monitor.sampling import Series
 
 
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=_default)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: json.dump(data, f, indent=1, default=_default))
 
 
 def _default(value):
@@ -63,10 +55,7 @@ def write_efficiency_tables(team_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]
         accurate.append({"Name": record["case"], "status": record["status"], **record["accurate"]})
     tables = (pd.DataFrame(flare, columns=FLARE22_COLUMNS), pd.DataFrame(accurate, columns=ACCURATE_COLUMNS))
     for name, table in zip(("efficiency.csv", "efficiency_accurate.csv"), tables, strict=True):
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=team_dir)
-        os.close(fd)
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, team_dir / name)
+        atomic_write(team_dir / name, lambda f, table=table: table.to_csv(f, index=False))
     return tables
 
 
