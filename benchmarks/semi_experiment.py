@@ -23,12 +23,17 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
+
+import torch
 
 from challenge.nifti import read_image, write_label
 from evaluator import score_folder
@@ -43,7 +48,7 @@ def make_data(root: Path, args: argparse.Namespace) -> dict[str, Path]:
     """root/{labeled,unlabeled,test}/{images,labels}; reused if present (case i depends on (seed, i))."""
     shape = tuple(args.shape)
     sets = {"labeled": (args.labeled, 101, ("portal",)), "unlabeled": (args.unlabeled, 202, UNLABELED_DOMAINS),
-            "test": (args.test, 303, (args.test_domain,))}
+            **{f"test_{d}": (args.test, 303, (d,)) for d in args.test_domain}}
     out = {}
     for name, (n, seed, domains) in sets.items():
         folder = root / name
@@ -60,7 +65,7 @@ def train(data: dict[str, Path], out: Path, seed: int, keep: float, args: argpar
            "--labels", str(data["labeled"] / "labels"), "--unlabeled", str(data["unlabeled"] / "images"),
            "--out", str(out), "--rounds", str(args.rounds), "--keep", str(keep), "--teacher", args.teacher,
            "--epochs", str(args.epochs), "--seed", str(seed), "--threads", str(args.threads),
-           "--device", args.device]
+           "--device", args.device, "--fine-mm", str(args.fine_mm)]
     if args.steps_per_epoch:
         cmd += ["--steps-per-epoch", str(args.steps_per_epoch)]
     clock = time.perf_counter()
@@ -83,54 +88,90 @@ def evaluate(weights: Path, test: Path, work: Path, device: str) -> tuple[float,
     return float(table["DSC_mean"].mean()), float(table["NSD_mean"].mean())
 
 
+def run_seed(seed: int, data: dict[str, Path], args: argparse.Namespace) -> list[dict]:
+    """Both arms of one seed; rows of (seed, keep, round, DSC, NSD). Rounds 0 and 1 are the same in both
+    arms (round 0 sees no pseudo-labels; round 1 has no previous round to score stability against, so it
+    keeps every case), so the unfiltered arm starts from a copy of the filtered arm's rounds 0-1."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    torch.set_num_threads(args.threads)
+    rows = []
+    filtered = args.out / f"seed{seed}_keep{args.keep:g}"
+    for keep in dict.fromkeys([args.keep, 1.0]):
+        run = args.out / f"seed{seed}_keep{keep:g}"
+        if run != filtered:
+            for k in range(min(args.rounds, 1) + 1):
+                if (filtered / f"round_{k}" / "done.json").is_file() and not (run / f"round_{k}").exists():
+                    shutil.copytree(filtered / f"round_{k}", run / f"round_{k}")  # the trainer skips it
+        seconds = train(data, run, seed, keep, args)
+        log.info("trained %s in %.0f s", run.name, seconds)
+        for k in range(args.rounds + 1):
+            for domain in args.test_domain:
+                dsc, nsd = evaluate(run / f"round_{k}" / "weights", data[f"test_{domain}"],
+                                    run / f"eval_{k}_{domain}", args.device)
+                rows.append({"domain": domain, "seed": seed, "keep": keep, "round": k, "DSC_mean": round(dsc, 4),
+                             "NSD_mean": round(nsd, 4), "train_seconds": round(seconds, 1)})
+                log.info("%s: seed %d keep %g round %d: DSC %.4f NSD %.4f", domain, seed, keep, k, dsc, nsd)
+    return rows
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of all its finished (waited-for) descendants."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def print_table(rows: list[dict], args: argparse.Namespace) -> None:
+    """Per test domain and keep value: mean DSC/NSD over seeds per round, and the DSC change in points."""
+    print(f"\n{args.test} test cases per domain; mean over seeds {args.seeds}; dDSC = points over labeled only")
+    print(f"{'domain':>12} {'keep':>5} {'round':>5} {'DSC':>7} {'NSD':>7} {'dDSC':>7}   per seed DSC")
+    for domain in args.test_domain:
+        for keep in dict.fromkeys([args.keep, 1.0]):
+            mine = [r for r in rows if r["domain"] == domain and r["keep"] == keep]
+            base = statistics.mean(r["DSC_mean"] for r in mine if r["round"] == 0)
+            for k in range(args.rounds + 1):
+                sel = sorted((r for r in mine if r["round"] == k), key=lambda r: r["seed"])
+                dsc = statistics.mean(r["DSC_mean"] for r in sel)
+                per_seed = " ".join(f"{r['DSC_mean']:.4f}" for r in sel)
+                print(f"{domain:>12} {keep:>5g} {k:>5d} {dsc:7.4f} {statistics.mean(r['NSD_mean'] for r in sel):7.4f} "
+                      f"{100 * (dsc - base):+7.2f}   {per_seed}{'  (labeled only)' if k == 0 else ''}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--labeled", type=int, default=8)
     p.add_argument("--unlabeled", type=int, default=150)
     p.add_argument("--test", type=int, default=10)
-    p.add_argument("--test-domain", default="noncontrast", choices=("noncontrast", "lowdose", "arterial", "thick"))
+    p.add_argument("--test-domain", nargs="+", default=["noncontrast", "arterial", "lowdose"],
+                   choices=("noncontrast", "lowdose", "arterial", "thick"), help="one held-out test set per domain")
     p.add_argument("--shape", type=int, nargs=3, default=[128, 128, 64], metavar=("X", "Y", "Z"))
+    p.add_argument("--fine-mm", type=float, default=3.0, help="the fine stage's spacing (mm); default 3")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--keep", type=float, default=0.9, help="the filtered arm (the other is 1.0)")
     p.add_argument("--teacher", choices=("small", "big"), default="small")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--steps-per-epoch", type=int, default=0, help="0: the trainer's default")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=1, help="seeds run at once (each with --threads threads)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads per job")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    clock = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     data = make_data(args.out / "data", args)
-    rows = []
-    for seed in args.seeds:
-        for keep in dict.fromkeys([args.keep, 1.0]):
-            run = args.out / f"seed{seed}_keep{keep:g}"
-            first = args.out / f"seed{seed}_keep{args.keep:g}" / "round_0"
-            if run.name != first.parent.name and first.is_dir() and not (run / "round_0").exists():
-                shutil.copytree(first, run / "round_0")  # identical round 0: the trainer skips it
-            seconds = train(data, run, seed, keep, args)
-            log.info("trained %s in %.0f s", run.name, seconds)
-            for k in range(args.rounds + 1):
-                dsc, nsd = evaluate(run / f"round_{k}" / "weights", data["test"], run / f"eval_{k}", args.device)
-                rows.append({"seed": seed, "keep": keep, "round": k, "DSC_mean": round(dsc, 4),
-                             "NSD_mean": round(nsd, 4), "train_seconds": round(seconds, 1)})
-                log.info("seed %d keep %g round %d: DSC %.4f NSD %.4f", seed, keep, k, dsc, nsd)
+    log.info("data ready in %.0f s", time.perf_counter() - clock)
+    rows: list[dict] = []
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+        for seed_rows in pool.map(run_seed, args.seeds, [data] * len(args.seeds), [args] * len(args.seeds)):
+            rows += seed_rows
     with open(args.out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"\ntest domain {args.test_domain}, {args.test} cases; mean over seeds {args.seeds}")
-    print(f"{'keep':>5} {'round':>5} {'DSC':>7} {'NSD':>7}   per seed DSC")
-    for keep in dict.fromkeys([args.keep, 1.0]):
-        for k in range(args.rounds + 1):
-            sel = [r for r in rows if r["keep"] == keep and r["round"] == k]
-            label = "labeled only" if k == 0 else ""
-            per_seed = " ".join(f"{r['DSC_mean']:.4f}" for r in sel)
-            print(f"{keep:>5g} {k:>5d} {statistics.mean(r['DSC_mean'] for r in sel):7.4f} "
-                  f"{statistics.mean(r['NSD_mean'] for r in sel):7.4f}   "
-                  f"{per_seed} {label}")
+    print_table(rows, args)
+    print(f"whole experiment: {time.perf_counter() - clock:.0f} s wall, {cpu_seconds():.0f} CPU-s "
+          f"({args.jobs} job(s) x {args.threads} thread(s), device {args.device})")
     print(f"wrote {args.out / 'results.csv'}")
 
 

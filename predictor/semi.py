@@ -55,7 +55,7 @@ from challenge.files import atomic_write
 from challenge.nifti import NiftiError, read_image, write_label
 
 from .pipeline import Predictor
-from .train import Case, DataError, NetTraining, TrainConfig, export, precompute, train_net, validate
+from .train import Case, DataError, NetTraining, TrainConfig, export, precompute, train_config, train_net, validate
 
 log = logging.getLogger("predictor.semi")
 
@@ -252,7 +252,7 @@ def run_semi(args: argparse.Namespace, argv: list[str], device: torch.device, th
 
 def _run(args: argparse.Namespace, argv: list[str], device: torch.device, threads: int) -> int:
     semi = SemiConfig(args.rounds, args.keep, args.teacher, args.epochs, args.seed, args.steps_per_epoch)
-    models = _configs(TrainConfig(), semi)
+    models = _configs(train_config(args), semi)
     start = time.perf_counter()
     try:
         labeled, unlabeled = _load_inputs(args, models["small"])

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,7 @@ class NetTraining:
     batch: int
     steps_per_epoch: int
     lr: float = 3e-3
-    foreground_fraction: float = 0.7  # share of patches centred on an organ voxel
+    foreground_fraction: float = 0.7  # share of patches centred on an organ (class-balanced)
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,11 @@ class TrainConfig:
     fine: NetTraining = NetTraining(UNetConfig(classes=NUM_CLASSES, base=12, levels=4, coords=True),
                                     (40, 56, 72), 2, 50)
     roi_margin_mm: float = 15.0  # fine training arrays: organs' box grown by this (= the inference ROI margin)
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The defaults, with the command line's ``--fine-mm``."""
+    return TrainConfig(pipeline=replace(PipelineConfig(), fine_mm=args.fine_mm))
 
 
 class DataError(ValueError):
@@ -133,12 +138,17 @@ def precompute(case: str, image_path: Path, label_path: Path, cfg: TrainConfig) 
 def sample_patch(x: np.ndarray, y: np.ndarray, patch: tuple[int, int, int], fg_fraction: float,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A ``patch``-sized crop of ``x`` ``(C, D, H, W)`` and ``y`` ``(D, H, W)`` (padded with -1 / background
-    where the volume is smaller)."""
+    where the volume is smaller). With probability ``fg_fraction`` it is centred on a voxel of an organ
+    drawn uniformly among the organs present (class-balanced), otherwise placed uniformly at random."""
     pads = [(0, max(p - n, 0)) for p, n in zip(patch, y.shape, strict=True)]
     if any(b for _, b in pads):
         x, y = np.pad(x, [(0, 0), *pads], constant_values=-1.0), np.pad(y, pads)
-    if rng.random() < fg_fraction and y.any():
-        fg = np.argwhere(y > 0)
+    counts = np.bincount(y.ravel(), minlength=NUM_CLASSES)[1:]
+    if rng.random() < fg_fraction and counts.any():
+        # class-balanced: an organ drawn uniformly among those present, then one of its voxels, so that
+        # the adrenals (~0.1 % of the foreground) are centred as often as the liver
+        organ = 1 + int(rng.choice(np.flatnonzero(counts)))
+        fg = np.argwhere(y == organ)
         centre = fg[rng.integers(len(fg))]
         start = [int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, patch, y.shape, strict=True)]
     else:
@@ -159,15 +169,28 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ce + (1 - dice[present].mean() if present.any() else 0.0)
 
 
+def augment_intensity(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random contrast, brightness, gamma and noise on a normalised patch (1 unit = 200 HU), clipped to
+    [-1, 1] like the inference input. Scanners, doses and contrast phases differ between centres (the
+    domains of the phantoms and of FLARE22); organ-specific contrast changes (e.g. an unenhanced aorta)
+    are beyond any global transform: that is what pseudo-labels of such scans teach."""
+    x = x * rng.uniform(0.75, 1.25) + rng.uniform(-0.2, 0.2)
+    if rng.random() < 0.3:
+        u = np.clip((x + 1) / 2, 0, 1)
+        x = 2 * u ** rng.uniform(0.7, 1.5) - 1
+    if rng.random() < 0.3:
+        x = x + rng.normal(0, rng.uniform(0.02, 0.15), x.shape).astype(np.float32)
+    return np.clip(x, -1, 1, out=x)
+
+
 def _batch(data: list[tuple[np.ndarray, np.ndarray]], spec: NetTraining,
            rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for _ in range(spec.batch):
         x, y = data[rng.integers(len(data))]
         px, py = sample_patch(x, y, spec.patch, spec.foreground_fraction, rng)
-        scale, shift = rng.uniform(0.9, 1.1), rng.uniform(-0.1, 0.1)  # contrast/brightness jitter
         px = px.astype(np.float32)
-        px[0] = px[0] * scale + shift  # channel 0 is intensity; the rest are coordinates
+        px[0] = augment_intensity(px[0], rng)  # channel 0 is intensity; the rest are coordinates
         xs.append(px)
         ys.append(py.astype(np.int64))
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
@@ -333,6 +356,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("--fine-mm", type=float, default=PipelineConfig.fine_mm,
+                   help="isotropic spacing (mm) of the fine stage, in training and in the exported config "
+                        f"(default {PipelineConfig.fine_mm:g}; 3 suits ~3 mm scans)")
     semi = p.add_argument_group(
         "semi-supervised (only with --unlabeled; see predictor/semi.py for the RUN_DIR layout)")
     semi.add_argument("--unlabeled", type=Path, help="folder of unlabeled <Case>_0000.nii.gz to pseudo-label")
@@ -347,6 +373,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
+    if not 0.5 <= args.fine_mm <= 8.0:
+        p.error("--fine-mm must be in [0.5, 8] mm")
     if args.unlabeled is not None:
         if args.rounds < 0:
             p.error("--rounds must be >= 0")
@@ -372,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_semi(args, argv if argv is not None else sys.argv[1:], device, threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    cfg = TrainConfig()
+    cfg = train_config(args)
     start = time.perf_counter()
     try:
         pairs = validate(args.images, args.labels)

@@ -67,3 +67,26 @@ def test_one_epoch_exports_loadable_weights(data, tmp_path):
     labels, _ = model.predict(image, geo.spacing_kji, geo.direction)
     assert labels.shape == image.shape and labels.dtype == np.uint8 and labels.max() <= 13
     assert (tmp_path / "run" / "train_log.csv").read_text().count("\n") >= 3
+
+
+def test_patches_are_class_balanced():
+    """A 1-voxel organ beside a 20 000-voxel one is at the patch centre about half the time, not 1 in 20 000."""
+    from predictor.train import sample_patch
+
+    y = np.zeros((40, 40, 40), np.uint8)
+    y[5:25, 5:35, 5:38] = 1  # "liver"
+    y[35, 35, 35] = 7  # "adrenal"
+    x = np.zeros((1, *y.shape), np.float16)
+    rng = np.random.default_rng(0)
+    hits = sum(sample_patch(x, y, (8, 8, 8), 1.0, rng)[1][4, 4, 4] == 7 for _ in range(400))
+    assert 150 < hits < 250
+
+
+def test_intensity_augmentation_varies_and_stays_in_the_input_range():
+    from predictor.train import augment_intensity
+
+    rng = np.random.default_rng(0)
+    x = np.linspace(-1, 1, 4096, dtype=np.float32).reshape(16, 16, 16)
+    outs = [augment_intensity(x.copy(), rng) for _ in range(50)]
+    assert all(o.dtype == np.float32 and o.min() >= -1 and o.max() <= 1 for o in outs)
+    assert np.std([o.mean() for o in outs]) > 0.05  # brightness really changes from patch to patch
