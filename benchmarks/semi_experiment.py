@@ -143,7 +143,8 @@ def main() -> None:
     p.add_argument("--unlabeled", type=int, default=150)
     p.add_argument("--test", type=int, default=10)
     p.add_argument("--test-domain", nargs="+", default=["noncontrast", "arterial", "lowdose"],
-                   choices=("noncontrast", "lowdose", "arterial", "thick"), help="one held-out test set per domain")
+                   choices=("noncontrast", "lowdose", "arterial", "thick", "portal"),
+                   help="one held-out test set per domain (portal: the labeled domain, for reference)")
     p.add_argument("--shape", type=int, nargs=3, default=[128, 128, 64], metavar=("X", "Y", "Z"))
     p.add_argument("--fine-mm", type=float, default=3.0, help="the fine stage's spacing (mm); default 3")
     p.add_argument("--rounds", type=int, default=3)

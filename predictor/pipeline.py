@@ -33,6 +33,9 @@ from .resample import resize_image, resize_labels, size_for_spacing
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CONFIG_NAME = "config.json"
+# NDHWC activations and weights: oneDNN's 3D convolutions run about 1.5x faster than in NCDHW on the CPU,
+# in training and inference (benchmarks/train_step_bench.py); results are the same up to rounding.
+MEMORY_FORMAT = torch.channels_last_3d
 
 
 @dataclass(frozen=True)
@@ -140,8 +143,8 @@ class Predictor:
     def __init__(self, coarse: UNet3D, fine: UNet3D, config: PipelineConfig, device: torch.device) -> None:
         self.config = config
         self.device = device
-        self.coarse = coarse.to(device).eval()
-        self.fine = fine.to(device).eval()
+        self.coarse = coarse.to(device, memory_format=MEMORY_FORMAT).eval()
+        self.fine = fine.to(device, memory_format=MEMORY_FORMAT).eval()
 
     @classmethod
     def load(cls, weights_dir: str | Path | None = None, device: str = "auto") -> Predictor:
@@ -174,7 +177,7 @@ class Predictor:
         xp, shape = pad_to_multiple(x, net.config.multiple, value=-1.0)
         with self._autocast():
             if xp[0].numel() <= self.config.one_pass_voxels:
-                out = net(xp[None])[0].argmax(0)
+                out = net(xp[None].contiguous(memory_format=MEMORY_FORMAT))[0].argmax(0)
             else:
                 out = self._sliding_window(net, xp)
         return out[: shape[0], : shape[1], : shape[2]].to(torch.uint8)
@@ -197,7 +200,7 @@ class Predictor:
             for y in starts[1]:
                 for xx in starts[2]:
                     sl = (slice(z, z + win[0]), slice(y, y + win[1]), slice(xx, xx + win[2]))
-                    p = net(x[(slice(None), *sl)][None])[0].float().softmax(0)
+                    p = net(x[(slice(None), *sl)][None].contiguous(memory_format=MEMORY_FORMAT))[0].float().softmax(0)
                     prob[(slice(None), *sl)] += p.to(prob.dtype)
         return prob.argmax(0)
 

@@ -35,7 +35,15 @@ from challenge.nifti import NiftiError, read_geometry, read_image
 
 from .network import UNet3D, UNetConfig
 from .orientation import Reorientation
-from .pipeline import CONFIG_NAME, PipelineConfig, normalise, resolve_device, set_cpu_threads, with_coords
+from .pipeline import (
+    CONFIG_NAME,
+    MEMORY_FORMAT,
+    PipelineConfig,
+    normalise,
+    resolve_device,
+    set_cpu_threads,
+    with_coords,
+)
 from .resample import resize_image, resize_labels, size_for_spacing
 
 log = logging.getLogger("predictor.train")
@@ -254,7 +262,7 @@ def train_net(name: str, data: list[tuple[np.ndarray, np.ndarray]], spec: NetTra
     state), so an interruption loses at most the current epoch. Mixed precision (fp16 autocast with a
     gradient scaler) on CUDA only; CPU training is unchanged. ``progress``: a tqdm bar with an ETA.
     """
-    net = UNet3D(spec.unet).to(device).train()
+    net = UNet3D(spec.unet).to(device, memory_format=MEMORY_FORMAT).train()
     opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=1e-4)
     total = epochs * spec.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total, pct_start=0.1)
@@ -297,7 +305,8 @@ def _train_steps(net: UNet3D, opt: torch.optim.Optimizer, sched: torch.optim.lr_
     amp, total = device.type == "cuda", steps.stop
     for step in steps:
         x, y, rng_state = batches.next()
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=MEMORY_FORMAT)
+        y = y.to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
             logits = net(x)
         loss = dice_ce_loss(logits.float(), y)

@@ -1,0 +1,72 @@
+"""One training step of the fine U-Net (forward, loss, backward, AdamW) in the default NCDHW memory
+format against channels_last_3d (NDHWC), side by side in one process, interleaved, median of --runs.
+
+The step is the trainer's own: the shipped fine network (base 12, 4 levels, 4 input channels), a batch of
+2 patches of 40x56x72 voxels (canonical S-I, A-P, R-L), CE + soft Dice.
+
+    python benchmarks/train_step_bench.py                 # 2 threads, 7 runs of 3 steps each
+    python benchmarks/train_step_bench.py --threads 1 --runs 5 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from predictor.network import UNet3D
+from predictor.train import TrainConfig, dice_ce_loss
+
+FORMATS = {"ncdhw": torch.contiguous_format, "channels_last_3d": torch.channels_last_3d}
+
+
+def make(fmt: torch.memory_format, device: torch.device) -> tuple[UNet3D, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    net = UNet3D(TrainConfig().fine.unet).to(device).to(memory_format=fmt).train()
+    return net, torch.optim.AdamW(net.parameters(), lr=1e-3)
+
+
+def step_seconds(net: UNet3D, opt: torch.optim.Optimizer, fmt: torch.memory_format, device: torch.device,
+                 steps: int) -> float:
+    spec = TrainConfig().fine
+    x = torch.randn(spec.batch, net.config.in_channels, *spec.patch, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, net.config.classes, (spec.batch, *spec.patch), device=device)
+    clock = time.perf_counter()
+    for _ in range(steps):
+        loss = dice_ce_loss(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - clock) / steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--steps", type=int, default=3, help="steps per run")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    models = {name: make(fmt, device) for name, fmt in FORMATS.items()}
+    for name, (net, opt) in models.items():
+        step_seconds(net, opt, FORMATS[name], device, 1)  # warm-up: oneDNN/cuDNN kernel selection
+    times: dict[str, list[float]] = {name: [] for name in FORMATS}
+    for _ in range(args.runs):
+        for name, (net, opt) in models.items():
+            times[name].append(step_seconds(net, opt, FORMATS[name], device, args.steps))
+    med = {name: statistics.median(v) for name, v in times.items()}
+    print(f"\nfine U-Net training step, {device}, {args.threads} threads, "
+          f"median of {args.runs} runs x {args.steps} steps")
+    print(f"{'memory format':>18} {'s/step':>8} {'vs ncdhw':>9}")
+    for name, value in med.items():
+        print(f"{name:>18} {value:8.3f} {med['ncdhw'] / value:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
