@@ -68,6 +68,8 @@ def train(data: dict[str, Path], out: Path, seed: int, keep: float, args: argpar
            "--device", args.device, "--fine-mm", str(args.fine_mm)]
     if args.steps_per_epoch:
         cmd += ["--steps-per-epoch", str(args.steps_per_epoch)]
+    if args.labeled_share:
+        cmd += ["--labeled-share", str(args.labeled_share)]
     clock = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -150,6 +152,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--keep", type=float, default=0.9, help="the filtered arm (the other is 1.0)")
     p.add_argument("--teacher", choices=("small", "big"), default="small")
+    p.add_argument("--labeled-share", type=float, default=0.0,
+                   help="the trainer's --labeled-share (0: every scan equally likely)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--steps-per-epoch", type=int, default=0, help="0: the trainer's default")

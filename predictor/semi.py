@@ -10,7 +10,9 @@ Rounds (``--rounds K`` gives rounds 0..K):
   and the previous round's pseudo-label) whose label changed since round k-1's pseudo-label; 0 = stable.
   Round 1 has no previous pseudo-label: it keeps every non-empty case (score left blank); (3) the
   ``round(keep * n)`` most stable cases are kept (at least 1), pseudo-labels with no organ are always
-  dropped; (4) the model is retrained from scratch on the labeled plus the kept pseudo-labeled scans.
+  dropped; (4) the model is retrained from scratch on the labeled plus the kept pseudo-labeled scans
+  (``--labeled-share F``: a patch comes from a labeled scan with probability F, else from a pseudo-labeled
+  one; default: every scan equally likely).
 - ``--teacher big``: every round also trains a teacher (twice the width) on the same data; the teacher
   makes the next round's pseudo-labels and the small model is what is exported.
 
@@ -70,6 +72,16 @@ class SemiConfig:
     epochs: int
     seed: int
     steps_per_epoch: int  # 0: the TrainConfig's
+    labeled_share: float = 0.0  # share of patches from the labeled scans in rounds >= 1; 0: uniform over scans
+
+
+def case_weights(n_labeled: int, n_total: int, labeled_share: float) -> np.ndarray | None:
+    """Per-case draw probabilities: the first ``n_labeled`` cases share ``labeled_share``, the rest the
+    remainder. None (uniform over cases) when the share is 0 or there are no pseudo-labeled cases."""
+    n_pseudo = n_total - n_labeled
+    if labeled_share <= 0 or n_pseudo <= 0 or n_labeled <= 0:
+        return None
+    return np.array([labeled_share / n_labeled] * n_labeled + [(1 - labeled_share) / n_pseudo] * n_pseudo)
 
 
 def validate_unlabeled(folder: Path) -> dict[str, Path]:
@@ -172,9 +184,11 @@ def write_selection(path: Path, scores: dict[str, float | None], chosen: dict[st
     tmp.replace(path)
 
 
-def train_model(name: str, cfg: TrainConfig, cases: list[Case], semi: SemiConfig, k: int,
+def train_model(name: str, cfg: TrainConfig, cases: list[Case], n_labeled: int, semi: SemiConfig, k: int,
                 rdir: Path, device: torch.device) -> tuple[Path, list[dict]]:
-    """Train coarse then fine for one model of round ``k``; export ``rdir/<weights|teacher>/``."""
+    """Train coarse then fine for one model of round ``k`` on ``cases`` (the labeled ones first);
+    export ``rdir/<weights|teacher>/``."""
+    weights = case_weights(n_labeled, len(cases), semi.labeled_share)
     rng = np.random.default_rng([semi.seed, k, 0 if name == "small" else 1])
     torch.manual_seed(semi.seed * 1000 + k)
     ckpt = rdir / "ckpt"
@@ -182,9 +196,9 @@ def train_model(name: str, cfg: TrainConfig, cases: list[Case], semi: SemiConfig
     rows: list[dict] = []
     nets = {
         "coarse": train_net("coarse", [(c.coarse_x, c.coarse_y) for c in cases], cfg.coarse,
-                            max(semi.epochs // 3, 1), rng, device, rows, ckpt / f"{name}_coarse.pt", True),
+                            max(semi.epochs // 3, 1), rng, device, rows, ckpt / f"{name}_coarse.pt", True, weights),
         "fine": train_net("fine", [(c.fine_x, c.fine_y) for c in cases], cfg.fine, semi.epochs, rng, device,
-                          rows, ckpt / f"{name}_fine.pt", True),
+                          rows, ckpt / f"{name}_fine.pt", True, weights),
     }
     staging = rdir / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -251,7 +265,8 @@ def run_semi(args: argparse.Namespace, argv: list[str], device: torch.device, th
 
 
 def _run(args: argparse.Namespace, argv: list[str], device: torch.device, threads: int) -> int:
-    semi = SemiConfig(args.rounds, args.keep, args.teacher, args.epochs, args.seed, args.steps_per_epoch)
+    semi = SemiConfig(args.rounds, args.keep, args.teacher, args.epochs, args.seed, args.steps_per_epoch,
+                      args.labeled_share)
     models = _configs(train_config(args), semi)
     start = time.perf_counter()
     try:
@@ -298,7 +313,7 @@ def _run(args: argparse.Namespace, argv: list[str], device: torch.device, thread
             info.update({"pseudo_kept": len(kept), "pseudo_dropped": len(chosen) - len(kept)})
             log.info("round %d: kept %d of %d pseudo-labeled cases", k, len(kept), len(chosen))
         for name, cfg in models.items():
-            _, rows = train_model(name, cfg, cases, semi, k, rdir, device)
+            _, rows = train_model(name, cfg, cases, len(labeled), semi, k, rdir, device)
             curves += rows
         with open(rdir / "train_log.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=CURVE_FIELDS)

@@ -3,8 +3,10 @@
 Data flow: validate (every image has a label on the same grid, labels in 0..13) -> precompute, once,
 each case's canonical arrays at the coarse spacing (whole volume, organ/background target) and at the
 fine spacing (the organs' bounding box plus a margin, 14-class target) -> train each network on
-random patches (CE + soft Dice, AdamW, cosine schedule) -> export RUN_DIR/weights/{config.json,
-coarse.pt, fine.pt} (fp16 state dicts), which ``python -m predictor --weights RUN_DIR/weights`` loads.
+random patches, most centred on an organ drawn uniformly among those present, with random contrast,
+brightness, gamma and noise (CE + soft Dice, AdamW, one-cycle schedule, NDHWC memory format) -> export
+RUN_DIR/weights/{config.json, coarse.pt, fine.pt} (fp16 state dicts), which
+``python -m predictor --weights RUN_DIR/weights`` loads.
 Reproducible from --seed on the same device and thread count.
 
 Semi-supervised training (pseudo-labels from unlabeled scans, filtered, iterated, optionally distilled
@@ -191,11 +193,11 @@ def augment_intensity(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x, -1, 1, out=x)
 
 
-def _batch(data: list[tuple[np.ndarray, np.ndarray]], spec: NetTraining,
-           rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(data: list[tuple[np.ndarray, np.ndarray]], spec: NetTraining, rng: np.random.Generator,
+           weights: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for _ in range(spec.batch):
-        x, y = data[rng.integers(len(data))]
+        x, y = data[rng.integers(len(data)) if weights is None else rng.choice(len(data), p=weights)]
         px, py = sample_patch(x, y, spec.patch, spec.foreground_fraction, rng)
         px = px.astype(np.float32)
         px[0] = augment_intensity(px[0], rng)  # channel 0 is intensity; the rest are coordinates
@@ -254,8 +256,10 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 def train_net(name: str, data: list[tuple[np.ndarray, np.ndarray]], spec: NetTraining, epochs: int,
               rng: np.random.Generator, device: torch.device, log_rows: list[dict],
-              checkpoint: Path | None = None, progress: bool = False) -> UNet3D:
+              checkpoint: Path | None = None, progress: bool = False, weights: np.ndarray | None = None) -> UNet3D:
     """Train one network for ``epochs`` epochs of ``spec.steps_per_epoch`` steps.
+
+    ``weights``: probability of drawing each case of ``data`` for a patch (None: all equally likely).
 
     ``checkpoint``: after each epoch the network, optimiser, schedule, ``rng`` state and log rows are saved
     there; if the file exists training resumes after its last epoch (and ``rng`` continues from its saved
@@ -287,7 +291,7 @@ def train_net(name: str, data: list[tuple[np.ndarray, np.ndarray]], spec: NetTra
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=first, desc=name, unit="step", leave=False)
-    batches = _Prefetch(lambda: _batch(data, spec, rng), rng, total - first)
+    batches = _Prefetch(lambda: _batch(data, spec, rng, weights), rng, total - first)
     try:
         _train_steps(net, opt, sched, scaler, batches, range(first, total), name, spec, device, clock,
                      log_rows, own_rows, checkpoint, bar)
@@ -377,6 +381,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="fraction of pseudo-labeled cases kept per round, most stable first (default 0.9)")
     semi.add_argument("--teacher", choices=("small", "big"), default="small",
                       help="big: a wider teacher makes the pseudo-labels, the small model is distilled from them")
+    semi.add_argument("--labeled-share", type=float, default=0.0,
+                      help="share of the patches drawn from the labeled scans in rounds >= 1, so that a few "
+                           "labeled scans are not swamped by many pseudo-labeled ones (default 0: every scan "
+                           "equally likely)")
     semi.add_argument("--steps-per-epoch", type=int, default=0,
                       help="override both networks' steps per epoch (smoke tests; default: 20 coarse, 50 fine)")
     args = p.parse_args(argv)
@@ -391,6 +399,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error("--keep must be in (0, 1]")
         if args.steps_per_epoch < 0:
             p.error("--steps-per-epoch must be >= 0")
+        if not 0.0 <= args.labeled_share < 1.0:
+            p.error("--labeled-share must be in [0, 1)")
     return args
 
 

@@ -21,7 +21,7 @@ from phantoms.generate import PhantomConfig, generate_case, write_case
 from predictor import train as train_mod
 from predictor.network import UNetConfig
 from predictor.pipeline import Predictor
-from predictor.semi import select, stability
+from predictor.semi import case_weights, select, stability
 
 SMALL = PhantomConfig(shape=(64, 64, 32))
 
@@ -84,6 +84,23 @@ def test_select_keeps_the_most_stable_fraction():
 
 
 @pytest.mark.slow
+def test_labeled_share_weights_the_labeled_scans():
+    w = case_weights(2, 10, 0.5)  # 2 labeled scans get half the draws between them, 8 pseudo the rest
+    assert w is not None and w.sum() == pytest.approx(1.0)
+    assert w[:2] == pytest.approx([0.25, 0.25]) and w[2:] == pytest.approx([0.0625] * 8)
+    assert case_weights(2, 10, 0.0) is None  # default: every scan equally likely
+    assert case_weights(2, 2, 0.5) is None  # round 0: labeled only
+    draws = np.random.default_rng(0).choice(10, size=4000, p=w)
+    assert 0.45 < np.mean(draws < 2) < 0.55
+
+
+def test_labeled_share_out_of_range_is_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "predictor.train", "--images", str(tmp_path), "--labels",
+                           str(tmp_path), "--unlabeled", str(tmp_path), "--out", str(tmp_path / "o"),
+                           "--labeled-share", "1.5"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--labeled-share" in proc.stderr.strip().splitlines()[-1]
+
+
 def test_run_dir_layout_selection_and_export(resumed_run, data):
     out, _, _ = resumed_run
     for k in range(3):
