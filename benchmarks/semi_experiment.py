@@ -116,6 +116,50 @@ def run_seed(seed: int, data: dict[str, Path], args: argparse.Namespace) -> list
     return rows
 
 
+def pseudo_quality(args: argparse.Namespace, data: dict[str, Path]) -> list[dict]:
+    """Per (seed, keep, round >= 1, unlabeled domain): mean DSC of the pseudo-labels against the phantoms'
+    true labels (over the organs in the truth) and the share of those scans the round kept. This is what
+    the trainer cannot see: how good its pseudo-labels are on each domain and whether the filter drops
+    the bad ones."""
+    truth = data["unlabeled"] / "labels"
+    rows = []
+    for run in sorted(args.out.glob("seed*_keep*")):
+        seed, keep = run.name.removeprefix("seed").split("_keep")
+        for k in range(1, args.rounds + 1):
+            selection = run / f"round_{k}" / "selection.csv"
+            if not selection.is_file():
+                continue
+            with open(selection, newline="") as f:
+                kept = {r["Name"]: r["kept"] == "1" for r in csv.DictReader(f)}
+            per: dict[str, list[tuple[float, bool]]] = {}
+            for case, was_kept in kept.items():
+                domain = UNLABELED_DOMAINS[(int(case.rsplit("_", 1)[1]) - 1) % len(UNLABELED_DOMAINS)]
+                pred = read_image(run / f"round_{k}" / "pseudo" / f"{case}.nii.gz")[0]
+                gt = read_image(truth / f"{case}.nii.gz")[0]
+                organs = [o for o in range(1, 14) if (gt == o).any()]
+                dsc = statistics.mean(2 * ((pred == o) & (gt == o)).sum() / ((pred == o).sum() + (gt == o).sum())
+                                      for o in organs)
+                per.setdefault(domain, []).append((float(dsc), was_kept))
+            for domain, values in per.items():
+                rows.append({"seed": int(seed), "keep": float(keep), "round": k, "domain": domain,
+                             "pseudo_DSC": round(statistics.mean(v for v, _ in values), 4),
+                             "kept_share": round(statistics.mean(float(c) for _, c in values), 3)})
+    return rows
+
+
+def print_pseudo_table(rows: list[dict], args: argparse.Namespace) -> None:
+    print("\npseudo-label quality per unlabeled domain (DSC against the phantoms' truth; mean over seeds)")
+    print(f"{'keep':>5} {'round':>5} " + " ".join(f"{d:>18}" for d in UNLABELED_DOMAINS) + "   (DSC / share kept)")
+    for keep in dict.fromkeys([args.keep, 1.0]):
+        for k in range(1, args.rounds + 1):
+            cells = []
+            for d in UNLABELED_DOMAINS:
+                sel = [r for r in rows if r["keep"] == keep and r["round"] == k and r["domain"] == d]
+                cells.append(f"{statistics.mean(r['pseudo_DSC'] for r in sel):.3f} / "
+                             f"{statistics.mean(r['kept_share'] for r in sel):4.2f}" if sel else "-")
+            print(f"{keep:>5g} {k:>5d} " + " ".join(f"{c:>18}" for c in cells))
+
+
 def cpu_seconds() -> float:
     """User + system CPU seconds of this process and of all its finished (waited-for) descendants."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -160,24 +204,39 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once (each with --threads threads)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads per job")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.add_argument("--tables-only", action="store_true",
+                   help="train and score nothing: print the tables from OUT/results.csv and the pseudo-labels")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     clock = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     data = make_data(args.out / "data", args)
     log.info("data ready in %.0f s", time.perf_counter() - clock)
-    rows: list[dict] = []
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        for seed_rows in pool.map(run_seed, args.seeds, [data] * len(args.seeds), [args] * len(args.seeds)):
-            rows += seed_rows
-    with open(args.out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    if args.tables_only:
+        with open(args.out / "results.csv", newline="") as f:
+            rows = [{**r, "seed": int(r["seed"]), "keep": float(r["keep"]), "round": int(r["round"]),
+                     "DSC_mean": float(r["DSC_mean"]), "NSD_mean": float(r["NSD_mean"])} for r in csv.DictReader(f)]
+    else:
+        rows = []
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+            for seed_rows in pool.map(run_seed, args.seeds, [data] * len(args.seeds), [args] * len(args.seeds)):
+                rows += seed_rows
+        with open(args.out / "results.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
     print_table(rows, args)
-    print(f"whole experiment: {time.perf_counter() - clock:.0f} s wall, {cpu_seconds():.0f} CPU-s "
-          f"({args.jobs} job(s) x {args.threads} thread(s), device {args.device})")
-    print(f"wrote {args.out / 'results.csv'}")
+    quality = pseudo_quality(args, data)
+    if quality:
+        with open(args.out / "pseudo_quality.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(quality[0]))
+            w.writeheader()
+            w.writerows(quality)
+        print_pseudo_table(quality, args)
+    if not args.tables_only:
+        print(f"whole experiment: {time.perf_counter() - clock:.0f} s wall, {cpu_seconds():.0f} CPU-s "
+              f"({args.jobs} job(s) x {args.threads} thread(s), device {args.device})")
+        print(f"wrote {args.out / 'results.csv'}")
 
 
 if __name__ == "__main__":
