@@ -1,20 +1,24 @@
 """Does semi-supervised training help on a shifted domain? Labeled-only vs 1..R pseudo-label rounds,
 with filtering (--keep) and without (--keep 1.0), over several seeds, scored by the evaluator.
 
-Data (phantoms, ~3 mm voxels at the default --shape 128 128 64): --labeled portal-phase cases,
---unlabeled cases of mixed domains (portal, arterial, noncontrast, lowdose, thick), and a held-out
-test set of the shifted --test-domain (default noncontrast). For each seed and each keep value it runs
-``python -m predictor.train --unlabeled ... --rounds R`` and scores every round's weights
-(round 0 = labeled only) on the test set with ``evaluator.score_folder`` (mean DSC and NSD over cases).
-Round 0 is the same for both keep values of a seed, so the second run reuses it (the trainer skips
-finished rounds). Prints a table (mean over seeds, and per seed) and writes OUT/results.csv.
+Data (phantoms, ~3 mm voxels at the default --shape 128 128 64; fine stage at --fine-mm 3): --labeled
+portal-phase cases, --unlabeled cases of mixed domains (portal, arterial, noncontrast, lowdose, thick, in
+turn), and one held-out test set per --test-domain. For each seed and each keep value it runs
+``python -m predictor.train --unlabeled ... --rounds R`` and scores every round's weights (round 0 =
+labeled only) on every test set with ``evaluator.score_folder`` (mean DSC and NSD over cases). Rounds 0
+and 1 are the same for both keep values of a seed (round 1 has no previous round to measure stability
+against, so it keeps all), so the unfiltered arm starts from a copy of them. Seeds run in parallel with
+--jobs. Prints a table per domain, the pseudo-labels' own DSC against the phantoms' truth per unlabeled
+domain (the "why"), the wall and CPU time; writes OUT/results.csv and OUT/pseudo_quality.csv.
 
-    # the full experiment (NOT yet run). Estimate on 2 CPU cores from parts measured separately:
-    # fine step ~0.45 s -> ~3.5 min per model at --epochs 8; one pseudo-label ~1.7 s -> ~4.5 min per
-    # round for 150 scans; ~28 min per (seed, keep) run, ~1.8 h for 2 seeds x 2 keep values.
-    python benchmarks/semi_experiment.py --out /work/data/semi_exp
+    # the run reported in the README (4530 s wall, 6717 CPU-s on 2 cores):
+    python benchmarks/semi_experiment.py --out /work/data/semi_exp --jobs 2 --threads 1 --epochs 14 \
+        --test-domain noncontrast arterial lowdose portal
+    # the tables again, without training or scoring:
+    python benchmarks/semi_experiment.py --out /work/data/semi_exp --test-domain noncontrast arterial lowdose \
+        portal --tables-only
     # smoke configuration (proves the script works; numbers meaningless), a few minutes:
-    python benchmarks/semi_experiment.py --out /tmp/semi_smoke --labeled 2 --unlabeled 3 --test 2 \\
+    python benchmarks/semi_experiment.py --out /tmp/semi_smoke --labeled 2 --unlabeled 3 --test 2 \
         --shape 64 64 32 --rounds 1 --seeds 0 --epochs 1 --steps-per-epoch 2
 """
 
@@ -70,6 +74,8 @@ def train(data: dict[str, Path], out: Path, seed: int, keep: float, args: argpar
         cmd += ["--steps-per-epoch", str(args.steps_per_epoch)]
     if args.labeled_share:
         cmd += ["--labeled-share", str(args.labeled_share)]
+    if args.warm_start:
+        cmd += ["--warm-start"]
     clock = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -198,8 +204,9 @@ def main() -> None:
     p.add_argument("--teacher", choices=("small", "big"), default="small")
     p.add_argument("--labeled-share", type=float, default=0.0,
                    help="the trainer's --labeled-share (0: every scan equally likely)")
+    p.add_argument("--warm-start", action="store_true", help="the trainer's --warm-start")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=14)
     p.add_argument("--steps-per-epoch", type=int, default=0, help="0: the trainer's default")
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once (each with --threads threads)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads per job")

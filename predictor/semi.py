@@ -12,7 +12,7 @@ Rounds (``--rounds K`` gives rounds 0..K):
   ``round(keep * n)`` most stable cases are kept (at least 1), pseudo-labels with no organ are always
   dropped; (4) the model is retrained from scratch on the labeled plus the kept pseudo-labeled scans
   (``--labeled-share F``: a patch comes from a labeled scan with probability F, else from a pseudo-labeled
-  one; default: every scan equally likely).
+  one; default: every scan equally likely; ``--warm-start``: from round k-1's weights, not from random).
 - ``--teacher big``: every round also trains a teacher (twice the width) on the same data; the teacher
   makes the next round's pseudo-labels and the small model is what is exported.
 
@@ -73,6 +73,7 @@ class SemiConfig:
     seed: int
     steps_per_epoch: int  # 0: the TrainConfig's
     labeled_share: float = 0.0  # share of patches from the labeled scans in rounds >= 1; 0: uniform over scans
+    warm_start: bool = False  # round k >= 1 starts from round k-1's model (same width) instead of random
 
 
 def case_weights(n_labeled: int, n_total: int, labeled_share: float) -> np.ndarray | None:
@@ -189,6 +190,8 @@ def train_model(name: str, cfg: TrainConfig, cases: list[Case], n_labeled: int, 
     """Train coarse then fine for one model of round ``k`` on ``cases`` (the labeled ones first);
     export ``rdir/<weights|teacher>/``."""
     weights = case_weights(n_labeled, len(cases), semi.labeled_share)
+    previous = rdir.parent / f"round_{k - 1}" / ("weights" if name == "small" else "teacher")
+    init = previous if semi.warm_start and k > 0 else None
     rng = np.random.default_rng([semi.seed, k, 0 if name == "small" else 1])
     torch.manual_seed(semi.seed * 1000 + k)
     ckpt = rdir / "ckpt"
@@ -196,9 +199,10 @@ def train_model(name: str, cfg: TrainConfig, cases: list[Case], n_labeled: int, 
     rows: list[dict] = []
     nets = {
         "coarse": train_net("coarse", [(c.coarse_x, c.coarse_y) for c in cases], cfg.coarse,
-                            max(semi.epochs // 3, 1), rng, device, rows, ckpt / f"{name}_coarse.pt", True, weights),
+                            max(semi.epochs // 3, 1), rng, device, rows, ckpt / f"{name}_coarse.pt", True, weights,
+                            init and init / "coarse.pt"),
         "fine": train_net("fine", [(c.fine_x, c.fine_y) for c in cases], cfg.fine, semi.epochs, rng, device,
-                          rows, ckpt / f"{name}_fine.pt", True, weights),
+                          rows, ckpt / f"{name}_fine.pt", True, weights, init and init / "fine.pt"),
     }
     staging = rdir / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -266,7 +270,7 @@ def run_semi(args: argparse.Namespace, argv: list[str], device: torch.device, th
 
 def _run(args: argparse.Namespace, argv: list[str], device: torch.device, threads: int) -> int:
     semi = SemiConfig(args.rounds, args.keep, args.teacher, args.epochs, args.seed, args.steps_per_epoch,
-                      args.labeled_share)
+                      args.labeled_share, args.warm_start)
     models = _configs(train_config(args), semi)
     start = time.perf_counter()
     try:

@@ -256,17 +256,24 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 def train_net(name: str, data: list[tuple[np.ndarray, np.ndarray]], spec: NetTraining, epochs: int,
               rng: np.random.Generator, device: torch.device, log_rows: list[dict],
-              checkpoint: Path | None = None, progress: bool = False, weights: np.ndarray | None = None) -> UNet3D:
+              checkpoint: Path | None = None, progress: bool = False, weights: np.ndarray | None = None,
+              init: Path | None = None) -> UNet3D:
     """Train one network for ``epochs`` epochs of ``spec.steps_per_epoch`` steps.
 
     ``weights``: probability of drawing each case of ``data`` for a patch (None: all equally likely).
+    ``init``: an exported state dict (e.g. the previous round's ``fine.pt``) to start from instead of a
+    random initialisation; a checkpoint, when resuming, takes precedence.
 
     ``checkpoint``: after each epoch the network, optimiser, schedule, ``rng`` state and log rows are saved
     there; if the file exists training resumes after its last epoch (and ``rng`` continues from its saved
     state), so an interruption loses at most the current epoch. Mixed precision (fp16 autocast with a
     gradient scaler) on CUDA only; CPU training is unchanged. ``progress``: a tqdm bar with an ETA.
     """
-    net = UNet3D(spec.unet).to(device, memory_format=MEMORY_FORMAT).train()
+    net = UNet3D(spec.unet)
+    if init is not None:
+        state = torch.load(init, map_location="cpu", weights_only=True)
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    net = net.to(device, memory_format=MEMORY_FORMAT).train()
     opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=1e-4)
     total = epochs * spec.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total, pct_start=0.1)
@@ -385,6 +392,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="share of the patches drawn from the labeled scans in rounds >= 1, so that a few "
                            "labeled scans are not swamped by many pseudo-labeled ones (default 0: every scan "
                            "equally likely)")
+    semi.add_argument("--warm-start", action="store_true",
+                      help="round k >= 1 starts from round k-1's weights instead of a random initialisation")
     semi.add_argument("--steps-per-epoch", type=int, default=0,
                       help="override both networks' steps per epoch (smoke tests; default: 20 coarse, 50 fine)")
     args = p.parse_args(argv)
