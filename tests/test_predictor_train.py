@@ -90,3 +90,27 @@ def test_intensity_augmentation_varies_and_stays_in_the_input_range():
     outs = [augment_intensity(x.copy(), rng) for _ in range(50)]
     assert all(o.dtype == np.float32 and o.min() >= -1 and o.max() <= 1 for o in outs)
     assert np.std([o.mean() for o in outs]) > 0.05  # brightness really changes from patch to patch
+
+
+def test_warm_start_begins_from_the_given_weights(tmp_path):
+    """With a zero learning rate, a network started from ``init`` keeps exactly those convolution weights."""
+    import torch
+
+    from predictor.network import UNet3D, UNetConfig
+    from predictor.train import NetTraining, train_net
+
+    unet = UNetConfig(classes=2, base=4, levels=2)
+    torch.manual_seed(1)
+    start = UNet3D(unet)
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in start.state_dict().items()},
+               tmp_path / "net.pt")
+    rng = np.random.default_rng(0)
+    y = np.zeros((16, 16, 16), np.uint8)
+    y[4:10, 4:10, 4:10] = 1
+    data = [(np.zeros((1, 16, 16, 16), np.float16), y)]
+    spec = NetTraining(unet, (8, 8, 8), 1, 1, lr=0.0)
+    net = train_net("coarse", data, spec, 1, rng, torch.device("cpu"), [], init=tmp_path / "net.pt")
+    head = "head.weight"
+    assert torch.equal(net.state_dict()[head].cpu(), start.state_dict()[head].half().float())
+    cold = train_net("coarse", data, spec, 1, rng, torch.device("cpu"), [])
+    assert not torch.equal(cold.state_dict()[head], net.state_dict()[head])
