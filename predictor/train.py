@@ -54,7 +54,7 @@ SHIPPED_COMMAND = """\
   # the shipped weights (predictor/weights/), on 2 CPU cores:
   python -m phantoms --out /work/data/train --cases 48 --seed 1000 --shape 192 192 96 --domain mixed
   python -m predictor.train --images /work/data/train/images --labels /work/data/train/labels \\
-      --out /work/data/run --epochs 48 --seed 0 --threads 2 --device cpu
+      --out /work/data/run --epochs 64 --seed 0 --threads 2 --device cpu
   cp /work/data/run/weights/* predictor/weights/"""
 
 
@@ -371,8 +371,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", type=Path, required=True, help="folder of <Case>_0000.nii.gz")
     p.add_argument("--labels", type=Path, required=True, help="folder of <Case>.nii.gz on the same grids")
     p.add_argument("--out", type=Path, required=True, help="run folder (weights/ and train_log.csv)")
-    p.add_argument("--epochs", type=int, default=48,
-                   help="fine-network epochs of 50 steps (default 48; the coarse network gets a third)")
+    p.add_argument("--epochs", type=int, default=64,
+                   help="fine-network epochs of 50 steps (default 64; the coarse network gets a third)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
