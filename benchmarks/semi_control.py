@@ -11,7 +11,6 @@ OUT/control_e<EPOCHS>/seed<S>/ and OUT/control.csv, and prints DSC/NSD per test 
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import torch
-from semi_experiment import cpu_seconds, evaluate
+from semi_experiment import cpu_seconds, evaluate, write_rows
 
 
 def run_seed(seed: int, args: argparse.Namespace) -> list[dict]:
@@ -57,10 +56,7 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
         for seed_rows in pool.map(run_seed, args.seeds, [args] * len(args.seeds)):
             rows += seed_rows
-    with open(args.out / "control.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(args.out / "control.csv", rows)
     print(f"\nlabeled only, {args.epochs} epochs; mean over seeds {args.seeds}")
     for domain in args.test_domain:
         sel = sorted((r for r in rows if r["domain"] == domain), key=lambda r: r["seed"])

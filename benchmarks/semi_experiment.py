@@ -38,6 +38,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import torch
+from predictor_bench import mean_dsc  # a sibling script: benchmarks/ is on sys.path when run as a script
 
 from challenge.nifti import read_image, write_label
 from evaluator import score_folder
@@ -142,10 +143,7 @@ def pseudo_quality(args: argparse.Namespace, data: dict[str, Path]) -> list[dict
                 domain = UNLABELED_DOMAINS[(int(case.rsplit("_", 1)[1]) - 1) % len(UNLABELED_DOMAINS)]
                 pred = read_image(run / f"round_{k}" / "pseudo" / f"{case}.nii.gz")[0]
                 gt = read_image(truth / f"{case}.nii.gz")[0]
-                organs = [o for o in range(1, 14) if (gt == o).any()]
-                dsc = statistics.mean(2 * ((pred == o) & (gt == o)).sum() / ((pred == o).sum() + (gt == o).sum())
-                                      for o in organs)
-                per.setdefault(domain, []).append((float(dsc), was_kept))
+                per.setdefault(domain, []).append((mean_dsc(gt, pred)[0], was_kept))
             for domain, values in per.items():
                 rows.append({"seed": int(seed), "keep": float(keep), "round": k, "domain": domain,
                              "pseudo_DSC": round(statistics.mean(v for v, _ in values), 4),
@@ -164,6 +162,14 @@ def print_pseudo_table(rows: list[dict], args: argparse.Namespace) -> None:
                 cells.append(f"{statistics.mean(r['pseudo_DSC'] for r in sel):.3f} / "
                              f"{statistics.mean(r['kept_share'] for r in sel):4.2f}" if sel else "-")
             print(f"{keep:>5g} {k:>5d} " + " ".join(f"{c:>18}" for c in cells))
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """A CSV with the keys of the first row as its header."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
 
 
 def cpu_seconds() -> float:
@@ -228,17 +234,11 @@ def main() -> None:
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
             for seed_rows in pool.map(run_seed, args.seeds, [data] * len(args.seeds), [args] * len(args.seeds)):
                 rows += seed_rows
-        with open(args.out / "results.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_rows(args.out / "results.csv", rows)
     print_table(rows, args)
     quality = pseudo_quality(args, data)
     if quality:
-        with open(args.out / "pseudo_quality.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(quality[0]))
-            w.writeheader()
-            w.writerows(quality)
+        write_rows(args.out / "pseudo_quality.csv", quality)
         print_pseudo_table(quality, args)
     if not args.tables_only:
         print(f"whole experiment: {time.perf_counter() - clock:.0f} s wall, {cpu_seconds():.0f} CPU-s "
