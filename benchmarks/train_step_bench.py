@@ -1,7 +1,9 @@
-"""One training step of the fine U-Net (forward, loss, backward, AdamW) in the default NCDHW memory
-format against channels_last_3d (NDHWC), side by side in one process, interleaved, median of --runs.
+"""One training step of the fine U-Net (forward, loss, backward, AdamW): the default NCDHW memory format in
+fp32, channels_last_3d (NDHWC) in fp32, and NDHWC under the trainer's autocast (bf16 on a CPU with native
+bf16, fp16 on CUDA; ``predictor.train.autocast_dtype``), side by side in one process, interleaved, median
+of --runs.
 
-The step is the trainer's own: the shipped fine network (base 12, 4 levels, 4 input channels), a batch of
+The step is the trainer's own: the shipped fine network (TrainConfig().fine: 4 levels, 4 input channels), a batch of
 2 patches of 40x56x72 voxels (canonical S-I, A-P, R-L), CE + soft Dice.
 
     python benchmarks/train_step_bench.py                 # 2 threads, 7 runs of 3 steps each
@@ -17,9 +19,11 @@ import time
 import torch
 
 from predictor.network import UNet3D
-from predictor.train import TrainConfig, dice_ce_loss
+from predictor.train import TrainConfig, autocast_dtype, dice_ce_loss
 
-FORMATS = {"ncdhw": torch.contiguous_format, "channels_last_3d": torch.channels_last_3d}
+# name -> (memory format, autocast on)
+VARIANTS = {"ncdhw fp32": (torch.contiguous_format, False), "ndhwc fp32": (torch.channels_last_3d, False),
+            "ndhwc autocast": (torch.channels_last_3d, True)}
 
 
 def make(fmt: torch.memory_format, device: torch.device) -> tuple[UNet3D, torch.optim.Optimizer]:
@@ -28,14 +32,16 @@ def make(fmt: torch.memory_format, device: torch.device) -> tuple[UNet3D, torch.
     return net, torch.optim.AdamW(net.parameters(), lr=1e-3)
 
 
-def step_seconds(net: UNet3D, opt: torch.optim.Optimizer, fmt: torch.memory_format, device: torch.device,
-                 steps: int) -> float:
+def step_seconds(net: UNet3D, opt: torch.optim.Optimizer, fmt: torch.memory_format, dtype: torch.dtype | None,
+                 device: torch.device, steps: int) -> float:
     spec = TrainConfig().fine
     x = torch.randn(spec.batch, net.config.in_channels, *spec.patch, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, net.config.classes, (spec.batch, *spec.patch), device=device)
     clock = time.perf_counter()
     for _ in range(steps):
-        loss = dice_ce_loss(net(x), y)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = net(x)
+        loss = dice_ce_loss(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -53,19 +59,22 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    models = {name: make(fmt, device) for name, fmt in FORMATS.items()}
+    amp = autocast_dtype(device, "auto")
+    variants = {name: (fmt, amp if cast else None) for name, (fmt, cast) in VARIANTS.items()}
+    models = {name: make(fmt, device) for name, (fmt, _) in variants.items()}
     for name, (net, opt) in models.items():
-        step_seconds(net, opt, FORMATS[name], device, 1)  # warm-up: oneDNN/cuDNN kernel selection
-    times: dict[str, list[float]] = {name: [] for name in FORMATS}
+        step_seconds(net, opt, *variants[name], device, 1)  # warm-up: oneDNN/cuDNN kernel selection
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.runs):
         for name, (net, opt) in models.items():
-            times[name].append(step_seconds(net, opt, FORMATS[name], device, args.steps))
+            times[name].append(step_seconds(net, opt, *variants[name], device, args.steps))
     med = {name: statistics.median(v) for name, v in times.items()}
-    print(f"\nfine U-Net training step, {device}, {args.threads} threads, "
+    print(f"\nfine U-Net training step, {device}, {args.threads} threads, autocast dtype {amp}, "
           f"median of {args.runs} runs x {args.steps} steps")
-    print(f"{'memory format':>18} {'s/step':>8} {'vs ncdhw':>9}")
+    print(f"{'variant':>18} {'s/step':>8} {'vs ncdhw fp32':>14}")
+    first = med["ncdhw fp32"]
     for name, value in med.items():
-        print(f"{name:>18} {value:8.3f} {med['ncdhw'] / value:8.2f}x")
+        print(f"{name:>18} {value:8.3f} {first / value:13.2f}x")
 
 
 if __name__ == "__main__":

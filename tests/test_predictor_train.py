@@ -114,3 +114,42 @@ def test_warm_start_begins_from_the_given_weights(tmp_path):
     assert torch.equal(net.state_dict()[head].cpu(), start.state_dict()[head].half().float())
     cold = train_net("coarse", data, spec, 1, rng, torch.device("cpu"), [])
     assert not torch.equal(cold.state_dict()[head], net.state_dict()[head])
+
+
+def test_class_weights_favour_rare_organs_and_leave_background_at_one():
+    """Counts 1000 / 10 / 100 voxels: median 100, so the 10-voxel organ gets sqrt(10); the common ones 1."""
+    from predictor.train import class_weights
+
+    y = np.zeros(2000, np.uint8)
+    y[:1000], y[1000:1010], y[1010:1110] = 1, 2, 3
+    w = class_weights([y], 5, 0.5).numpy()
+    assert np.allclose(w, [1, 1, np.sqrt(10), 1, 1], atol=1e-6)  # class 4 absent: 1
+    assert class_weights([y], 5, 0.0) is None
+    y = np.repeat(np.arange(5, dtype=np.uint8), [500, 1000, 100, 100, 1])  # median organ count 100
+    assert np.allclose(class_weights([y], 5, 0.5).numpy(), [1, 1, 1, 1, 8], atol=1e-6)  # sqrt(100) clipped
+
+
+def test_weighted_loss_counts_a_missed_rare_voxel_more():
+    import torch
+
+    from predictor.train import dice_ce_loss
+
+    logits = torch.zeros(1, 3, 2, 2, 2)
+    logits[:, 0] = 4.0  # everything predicted background
+    target = torch.zeros(1, 2, 2, 2, dtype=torch.long)
+    target[0, 0, 0, 0] = 2
+    plain = dice_ce_loss(logits, target)
+    weighted = dice_ce_loss(logits, target, torch.tensor([1.0, 1.0, 5.0]))
+    assert weighted > plain  # the Dice term is the same; only the CE weight of class 2 differs
+
+
+def test_autocast_dtype_follows_device_and_precision():
+    import torch
+
+    from predictor.train import autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "fp32") is None
+    assert autocast_dtype(torch.device("cuda"), "auto") == torch.float16
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if native else None)
