@@ -10,7 +10,7 @@ stage 1 gives an all-zero map.
    bounding box plus ``margin_mm`` is the ROI.
 3. Stage 2: resample the ROI to ``fine_mm``; the fine U-Net labels the 13 organs (one pass if the ROI
    has at most ``one_pass_voxels`` voxels, else sliding windows); optionally keep each organ's largest
-   connected component.
+   connected component (and those of at least ``keep_fraction`` of its size).
 4. Nearest-neighbour labels back onto the ROI of the original grid; zeros outside; undo step 1.
 """
 
@@ -50,6 +50,10 @@ class PipelineConfig:
     window: tuple[int, int, int] = (128, 128, 128)
     overlap: float = 0.25
     keep_largest: bool = True
+    # with keep_largest, also keep an organ's components of at least this share of its largest one's
+    # voxels (1.0: the largest only). A split duodenum keeps both halves: duodenum DSC 0.830 -> 0.845,
+    # mean 0.8974 -> 0.8985 on 8 validation phantoms (seed 3000), no organ worse
+    keep_fraction: float = 0.3
 
     @classmethod
     def from_dict(cls, d: dict) -> PipelineConfig:
@@ -111,8 +115,10 @@ def roi_from_mask(mask: np.ndarray, full_shape: tuple[int, ...], spacing: tuple[
     return tuple(roi)
 
 
-def keep_largest_components(labels: np.ndarray) -> np.ndarray:
-    """Per organ id, keep only its largest 26-connected component (in place; returns ``labels``)."""
+def keep_largest_components(labels: np.ndarray, keep_fraction: float = 1.0) -> np.ndarray:
+    """Per organ id, keep its largest 26-connected component and any other of at least ``keep_fraction``
+    times its size in voxels; zero the rest (in place; returns ``labels``). 1.0 keeps the largest only
+    (and any of exactly equal size)."""
     from scipy import ndimage
 
     structure = np.ones((3, 3, 3), dtype=bool)
@@ -124,7 +130,8 @@ def keep_largest_components(labels: np.ndarray) -> np.ndarray:
         if n > 1:
             sizes = np.bincount(comp.ravel())
             sizes[0] = 0
-            sub[(comp != np.argmax(sizes)) & (comp > 0)] = 0
+            drop = np.flatnonzero(sizes < keep_fraction * sizes.max())
+            sub[np.isin(comp, drop[drop > 0])] = 0
     return labels
 
 
@@ -237,7 +244,7 @@ class Predictor:
         fine = self._segment(self.fine, resize_image(crop, fine_size).float())
         t.roi_fine_shape = tuple(fine.shape)
         if cfg.keep_largest:
-            fine = torch.from_numpy(keep_largest_components(fine.cpu().numpy())).to(self.device)
+            fine = torch.from_numpy(keep_largest_components(fine.cpu().numpy(), cfg.keep_fraction)).to(self.device)
         self._sync()
         t.stage2 = time.perf_counter() - clock
 

@@ -162,3 +162,19 @@ def test_bad_arguments_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "predictor", "-i", str(tmp_path / "missing"), "-o", str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "missing" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_keep_largest_components_keeps_big_pieces_and_drops_specks():
+    """Organ 12 in two pieces of 64 and 27 voxels plus a 1-voxel speck; organ 1 in 64 + 8 voxels."""
+    from predictor.pipeline import keep_largest_components
+
+    y = np.zeros((20, 20, 20), np.uint8)
+    y[0:4, 0:4, 0:4] = 12
+    y[10:13, 10:13, 10:13] = 12
+    y[18, 18, 18] = 12
+    y[0:4, 10:14, 0:4] = 1
+    y[10:12, 0:2, 16:18] = 1
+    only = keep_largest_components(y.copy(), 1.0)
+    assert (only == 12).sum() == 64 and (only == 1).sum() == 64
+    share = keep_largest_components(y.copy(), 0.3)  # 27 >= 0.3 * 64 kept; 8 and 1 are not
+    assert (share == 12).sum() == 64 + 27 and share[18, 18, 18] == 0 and (share == 1).sum() == 64
