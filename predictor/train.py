@@ -316,13 +316,8 @@ def train_net(name: str, data: list[tuple[np.ndarray, np.ndarray]], spec: NetTra
     opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=1e-4)
     total = epochs * spec.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total, pct_start=0.1)
-    dtype = autocast_dtype(device, spec.precision)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    weights_ce = class_weights([y for _, y in data], spec.unet.classes, spec.ce_weight_power)
-    if weights_ce is not None:
-        log.info("%s: cross-entropy class weights %s", name, np.round(weights_ce.numpy(), 2).tolist())
-        weights_ce = weights_ce.to(device)
-    log.info("%s: autocast %s", name, dtype or "off (fp32)")
+    numerics = _Numerics.for_training(name, [y for _, y in data], spec, device)
+    scaler = numerics.scaler
     first, elapsed = 0, 0.0
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
@@ -344,8 +339,8 @@ def train_net(name: str, data: list[tuple[np.ndarray, np.ndarray]], spec: NetTra
         bar = tqdm(total=total, initial=first, desc=name, unit="step", leave=False)
     batches = _Prefetch(lambda: _batch(data, spec, rng, weights), rng, total - first)
     try:
-        _train_steps(net, opt, sched, scaler, batches, range(first, total), name, spec, device, clock,
-                     log_rows, own_rows, checkpoint, bar, dtype, weights_ce)
+        _train_steps(net, opt, sched, numerics, batches, range(first, total), name, spec, device, clock,
+                     log_rows, own_rows, checkpoint, bar)
     finally:
         batches.close()
         if bar is not None:
@@ -353,18 +348,38 @@ def train_net(name: str, data: list[tuple[np.ndarray, np.ndarray]], spec: NetTra
     return net.eval()
 
 
+@dataclass
+class _Numerics:
+    """How a step computes: autocast dtype (None: fp32), the fp16 gradient scaler, CE class weights."""
+
+    dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    ce_weights: torch.Tensor | None
+
+    @classmethod
+    def for_training(cls, name: str, labels: list[np.ndarray], spec: NetTraining, device: torch.device
+                     ) -> _Numerics:
+        dtype = autocast_dtype(device, spec.precision)
+        weights = class_weights(labels, spec.unet.classes, spec.ce_weight_power)
+        if weights is not None:
+            log.info("%s: cross-entropy class weights %s", name, np.round(weights.numpy(), 2).tolist())
+            weights = weights.to(device)
+        log.info("%s: autocast %s", name, dtype or "off (fp32)")
+        return cls(dtype, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16), weights)
+
+
 def _train_steps(net: UNet3D, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-                 scaler: torch.amp.GradScaler, batches: _Prefetch, steps: range, name: str, spec: NetTraining,
+                 numerics: _Numerics, batches: _Prefetch, steps: range, name: str, spec: NetTraining,
                  device: torch.device, clock: float, log_rows: list[dict], own_rows: list[dict],
-                 checkpoint: Path | None, bar, dtype: torch.dtype | None, weights_ce: torch.Tensor | None) -> None:
-    total = steps.stop
+                 checkpoint: Path | None, bar) -> None:
+    total, dtype, scaler = steps.stop, numerics.dtype, numerics.scaler
     for step in steps:
         x, y, rng_state = batches.next()
         x = x.to(device, non_blocking=True).contiguous(memory_format=MEMORY_FORMAT)
         y = y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = net(x)
-        loss = dice_ce_loss(logits.float(), y, weights_ce)
+        loss = dice_ce_loss(logits.float(), y, numerics.ce_weights)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
