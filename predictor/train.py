@@ -86,11 +86,12 @@ class TrainConfig:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """The defaults, with the command line's ``--fine-mm`` and ``--precision``."""
+    """The defaults, with the command line's ``--fine-mm``, ``--precision`` and ``--ce-weight-power``."""
     cfg = TrainConfig(pipeline=replace(PipelineConfig(), fine_mm=args.fine_mm))
     precision = getattr(args, "precision", "auto")
+    power = getattr(args, "ce_weight_power", cfg.fine.ce_weight_power)
     return replace(cfg, coarse=replace(cfg.coarse, precision=precision),
-                   fine=replace(cfg.fine, precision=precision))
+                   fine=replace(cfg.fine, precision=precision, ce_weight_power=power))
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -438,6 +439,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("auto", "fp32"), default="auto",
                    help="auto (default): fp16 autocast on CUDA, bf16 on a CPU with native bf16 (AVX512-BF16/AMX), "
                         "else fp32; fp32: never autocast")
+    p.add_argument("--ce-weight-power", type=float, default=TrainConfig.fine.ce_weight_power,
+                   help="fine network: organ c's cross-entropy weight is (median organ size / size of c) to this "
+                        f"power, clipped to [1, 8] (default {TrainConfig.fine.ce_weight_power:g}; 0: unweighted)")
     p.add_argument("--fine-mm", type=float, default=PipelineConfig.fine_mm,
                    help="isotropic spacing (mm) of the fine stage, in training and in the exported config "
                         f"(default {PipelineConfig.fine_mm:g}; 3 suits ~3 mm scans)")
@@ -461,6 +465,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
+    if args.ce_weight_power < 0:
+        p.error("--ce-weight-power must be >= 0")
     if not 0.5 <= args.fine_mm <= 8.0:
         p.error("--fine-mm must be in [0.5, 8] mm")
     if args.unlabeled is not None:
