@@ -153,3 +153,14 @@ def test_autocast_dtype_follows_device_and_precision():
     assert autocast_dtype(torch.device("cuda"), "auto") == torch.float16
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if native else None)
+
+
+def test_ce_weight_power_reaches_the_fine_network_and_rejects_negatives(data, tmp_path):
+    from predictor.train import parse_args, train_config
+
+    base = ["--images", "i", "--labels", "l", "--out", "o"]
+    assert train_config(parse_args([*base, "--ce-weight-power", "0"])).fine.ce_weight_power == 0.0
+    assert train_config(parse_args(base)).fine.ce_weight_power == 0.5
+    assert train_config(parse_args([*base, "--precision", "fp32"])).coarse.precision == "fp32"
+    proc = _train(data, tmp_path / "run", "--ce-weight-power", "-1")
+    assert proc.returncode == 2 and "--ce-weight-power" in proc.stderr
