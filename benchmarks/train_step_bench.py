@@ -19,7 +19,7 @@ import time
 import torch
 
 from predictor.network import UNet3D
-from predictor.train import TrainConfig, autocast_dtype, dice_ce_loss
+from predictor.train import TrainConfig, autocast, autocast_dtype, dice_ce_loss
 
 # name -> (memory format, autocast on)
 VARIANTS = {"ncdhw fp32": (torch.contiguous_format, False), "ndhwc fp32": (torch.channels_last_3d, False),
@@ -39,7 +39,7 @@ def step_seconds(net: UNet3D, opt: torch.optim.Optimizer, fmt: torch.memory_form
     y = torch.randint(0, net.config.classes, (spec.batch, *spec.patch), device=device)
     clock = time.perf_counter()
     for _ in range(steps):
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, dtype):
             logits = net(x)
         loss = dice_ce_loss(logits.float(), y)
         opt.zero_grad(set_to_none=True)

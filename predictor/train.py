@@ -88,10 +88,8 @@ class TrainConfig:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The defaults, with the command line's ``--fine-mm``, ``--precision`` and ``--ce-weight-power``."""
     cfg = TrainConfig(pipeline=replace(PipelineConfig(), fine_mm=args.fine_mm))
-    precision = getattr(args, "precision", "auto")
-    power = getattr(args, "ce_weight_power", cfg.fine.ce_weight_power)
-    return replace(cfg, coarse=replace(cfg.coarse, precision=precision),
-                   fine=replace(cfg.fine, precision=precision, ce_weight_power=power))
+    return replace(cfg, coarse=replace(cfg.coarse, precision=args.precision),
+                   fine=replace(cfg.fine, precision=args.precision, ce_weight_power=args.ce_weight_power))
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -106,6 +104,11 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.float16
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """The forward pass's autocast context for ``dtype`` from autocast_dtype (None: a disabled one)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def class_weights(labels: list[np.ndarray], classes: int, power: float) -> torch.Tensor | None:
@@ -373,12 +376,12 @@ def _train_steps(net: UNet3D, opt: torch.optim.Optimizer, sched: torch.optim.lr_
                  numerics: _Numerics, batches: _Prefetch, steps: range, name: str, spec: NetTraining,
                  device: torch.device, clock: float, log_rows: list[dict], own_rows: list[dict],
                  checkpoint: Path | None, bar) -> None:
-    total, dtype, scaler = steps.stop, numerics.dtype, numerics.scaler
+    total, scaler = steps.stop, numerics.scaler
     for step in steps:
         x, y, rng_state = batches.next()
         x = x.to(device, non_blocking=True).contiguous(memory_format=MEMORY_FORMAT)
         y = y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, numerics.dtype):
             logits = net(x)
         loss = dice_ce_loss(logits.float(), y, numerics.ce_weights)
         opt.zero_grad(set_to_none=True)
