@@ -4,7 +4,7 @@ bf16, fp16 on CUDA; ``predictor.train.autocast_dtype``), side by side in one pro
 of --runs.
 
 The step is the trainer's own: the shipped fine network (TrainConfig().fine: 4 levels, 4 input channels), a batch of
-2 patches of 40x56x72 voxels (canonical S-I, A-P, R-L), CE + soft Dice.
+2 patches of 48x56x80 voxels (canonical S-I, A-P, R-L), CE + soft Dice.
 
     python benchmarks/train_step_bench.py                 # 2 threads, 7 runs of 3 steps each
     python benchmarks/train_step_bench.py --threads 1 --runs 5 --device cuda

@@ -9,6 +9,8 @@ they touch (e.g. the gallbladder sits in the liver, the IVC runs through its bar
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from challenge.labels import BY_SHORT
@@ -23,6 +25,7 @@ LIVER, RK, SPLEEN, PANCREAS, AORTA, IVC, RAG, LAG, GALLBLADDER, ESOPHAGUS, STOMA
 
 # Probability that a case lacks an organ (cholecystectomy, adrenalectomy, nephrectomy, splenectomy).
 ABSENT_PROBABILITY = {GALLBLADDER: 0.2, RAG: 0.05, LAG: 0.05, RK: 0.02, LK: 0.02, SPLEEN: 0.02}
+ADRENAL_FAT_MM = 3.0  # reference mm of perirenal fat around each adrenal gland
 THORAX_TOP = 130.0  # reference mm: the tubes start above this or above the FOV, whichever is higher
 
 
@@ -105,6 +108,10 @@ def paint_organs(canvas: Canvas, hab: Habitus, rng: np.random.Generator, fov_top
         pole = kidney.center[2] + kidney.semi[2] * 0.95
         gland = sample.ellipsoid((x, y, pole / s + 12), (4, 12, 15), rz=-40 if label == RAG else 40, shift=3.0)
         if label not in absent:
+            # the glands lie in perirenal fat, not inside the liver or against the stomach they are drawn
+            # next to: a fat rim of ADRENAL_FAT_MM (label 0) first
+            rim = replace(gland, semi=gland.semi + ADRENAL_FAT_MM * s)
+            canvas.paint(*rim.rasterise(canvas)[:2], 0, t.FAT)
             canvas.paint(*gland.rasterise(canvas)[:2], label, t.ORGAN + label)
 
     gallbladder = sample.ellipsoid((-45, -68, -5), (15, 15, 33), rx=-35, deform=0.1)

@@ -110,12 +110,16 @@ def _paint_spine(canvas: Canvas, hab: Habitus, rng: np.random.Generator) -> None
 
 
 def fill_thorax(canvas: Canvas, hab: Habitus) -> None:
-    """Above the diaphragm, what no organ took: lung bases, and the heart resting on the central dome."""
+    """Above the diaphragm, what no organ took: lung bases, the posterior mediastinum (fat around the
+    esophagus, aorta and IVC, in front of the spine) and the heart resting on the central dome in front
+    of it. The heart must not reach the esophagus: its muscle (45-60 HU) would hide it (40-75 HU)."""
     free = canvas.trunk & ~canvas.cavity & (canvas.labels == 0)
     if not free.any():
         return
     s = hab.scale
     x, y = canvas.x[None, None, :], canvas.y[None, :, None]
-    heart = ((x - 15 * s) / (75 * s)) ** 2 + ((y + 45 * s) / (55 * s)) ** 2 < 1
+    mediastinum = (np.abs(x - 8 * s) < 42 * s) & (y > -48 * s)
+    heart = ((x - 15 * s) / (75 * s)) ** 2 + ((y + 78 * s) / (42 * s)) ** 2 < 1  # posterior edge Y = -36
     canvas.tissue[free] = t.LUNG
+    canvas.tissue[free & mediastinum] = t.FAT
     canvas.tissue[free & heart] = t.MUSCLE

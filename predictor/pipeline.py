@@ -34,7 +34,7 @@ from .resample import resize_image, resize_labels, size_for_spacing
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CONFIG_NAME = "config.json"
 # NDHWC activations and weights: oneDNN's 3D convolutions run faster than in NCDHW on the CPU (a fp32 training
-# step 1.26x at 2 threads, benchmarks/train_step_bench.py); results are the same up to rounding.
+# step 1.30x at 2 threads, benchmarks/train_step_bench.py); results are the same up to rounding.
 MEMORY_FORMAT = torch.channels_last_3d
 
 

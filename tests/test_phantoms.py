@@ -25,7 +25,7 @@ from challenge import cases
 from challenge.labels import BY_SHORT, MAX_LABEL
 from challenge.nifti import read_image
 from phantoms import DOMAINS, PhantomConfig, generate_case, write_dataset
-from phantoms.domains import ORGAN, mean_hu
+from phantoms.domains import ORGAN, Domain, mean_hu
 from phantoms.grid import make_grid
 
 SMALL = ("--shape", "96", "96", "40")
@@ -170,6 +170,26 @@ def test_anatomy_in_simpleitk_lps_world(datasets, name):
         checked += _check_anatomy(c, right=np.array([-1.0, 0, 0]), anterior=np.array([0, -1.0, 0]),
                                   superior=np.array([0, 0, 1.0]))
     assert checked >= 30
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_small_organs_lie_in_fat_not_inside_their_neighbours(index):
+    """The thoracic esophagus runs in mediastinal fat behind the heart, and each adrenal gland in perirenal
+    fat: the tissue around them is not heart muscle, and not liver, stomach, spleen or pancreas. (Drawn
+    inside the heart and the liver they were invisible in unenhanced scans: 5 HU of contrast.) A noise-free
+    domain, so that HU tells the tissue."""
+    clean = Domain("clean", "portal", noise_sd_hu=0.0, blur_mm=0.0, hu_jitter=0.0)
+    c = generate_case(7, index, PhantomConfig(shape=(200, 200, 150), spacing=(1.6, 1.6, 1.6), domain=clean))
+    eso = c.labels == ID["Esophagus"]
+    shell = ndimage.binary_dilation(eso) & (c.labels == 0)
+    muscle_like = shell & (c.image > 30) & (c.image < 90)  # heart muscle is 60 HU in the portal phase, fat -100
+    assert shell.sum() > 300 and muscle_like.sum() < 0.1 * shell.sum()
+    for gland in ("RAG", "LAG"):
+        mask = c.labels == ID[gland]
+        if mask.any():
+            around = c.labels[ndimage.binary_dilation(mask) & ~mask]
+            inside = np.isin(around, [ID["Liver"], ID["Stomach"], ID["Spleen"], ID["Pancreas"]])
+            assert inside.mean() < 0.1, f"{gland}: {inside.mean():.0%} of its neighbours are organ voxels"
 
 
 def test_duodenum_wraps_pancreas_head_on_the_right():
