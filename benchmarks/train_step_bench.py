@@ -19,7 +19,8 @@ import time
 import torch
 
 from predictor.network import UNet3D
-from predictor.train import TrainConfig, autocast, autocast_dtype, dice_ce_loss
+from predictor.pipeline import autocast
+from predictor.train import TrainConfig, autocast_dtype, dice_ce_loss
 
 # name -> (memory format, autocast on)
 VARIANTS = {"ncdhw fp32": (torch.contiguous_format, False), "ndhwc fp32": (torch.channels_last_3d, False),

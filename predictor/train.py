@@ -41,6 +41,7 @@ from .pipeline import (
     CONFIG_NAME,
     MEMORY_FORMAT,
     PipelineConfig,
+    autocast,
     normalise,
     resolve_device,
     set_cpu_threads,
@@ -106,11 +107,6 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.float16
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
-    """The forward pass's autocast context for ``dtype`` from autocast_dtype (None: a disabled one)."""
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def class_weights(labels: list[np.ndarray], classes: int, power: float) -> torch.Tensor | None:
