@@ -4,8 +4,9 @@
 DSC here is this script's own: per organ present in the ground truth, 2|P&G| / (|P|+|G|), then the
 mean over those organs and cases (the evaluator package's scorer is not used).
 Held-out phantoms use --seed 2000 (the shipped weights were trained on --seed 1000 cases).
-``grid_ceiling`` is what a perfect fine network would score: the true labels taken to the fine spacing and
-back with nearest neighbour, as the pipeline takes its predictions.
+``grid_ceiling`` is what a perfect fine network would score: the true labels taken to the fine network's
+output grid (fine_mm, divided per axis by its ``upsample`` factors) and back with nearest neighbour, as the
+pipeline takes its predictions.
 
     python benchmarks/predictor_bench.py                      # 3 timing runs, 5 held-out cases
     python benchmarks/predictor_bench.py --runs 5 --threads 2 --cases 8 --fine-mm 2.0 2.5
@@ -43,13 +44,15 @@ def mean_dsc(gt: np.ndarray, pred: np.ndarray) -> tuple[float, dict[int, float]]
 
 
 def grid_ceiling(labels: np.ndarray, spacing_kji: tuple[float, ...], direction: tuple[float, ...],
-                 fine_mm: float) -> float:
+                 fine_mm: float, upsample: tuple[int, int, int] = (1, 1, 1)) -> float:
     """Mean DSC of the true labels after the pipeline's own round trip: canonical axes, nearest-neighbour
-    to ``fine_mm`` over the whole volume, and back. A perfect fine network scores about this (the ROI
-    crop changes the grid's phase a little), so it is the ceiling that the fine spacing sets."""
+    to the fine network's output grid (``fine_mm`` voxels times ``upsample`` sub-voxels, canonical S-I,
+    A-P, R-L) over the whole volume, and back. A perfect fine network scores about this (the ROI crop
+    changes the grid's phase a little), so it is the ceiling that the fine network's output grid sets."""
     reo = Reorientation.from_direction(direction)
     y = reo.forward(torch.from_numpy(labels.astype(np.uint8)))
-    small = resize_labels(y, size_for_spacing(tuple(y.shape), reo.spacing(spacing_kji), (fine_mm,) * 3))
+    fine = size_for_spacing(tuple(y.shape), reo.spacing(spacing_kji), (fine_mm,) * 3)
+    small = resize_labels(y, tuple(n * f for n, f in zip(fine, upsample, strict=True)))
     back = reo.inverse(resize_labels(small, tuple(y.shape))).numpy()
     return mean_dsc(labels, back)[0]
 
@@ -94,7 +97,8 @@ def main() -> None:
         med = {s: statistics.median(r[s] for r in runs) for s in STEPS}
         dscs, organs, ceiling = [], {}, []
         for case in held:
-            ceiling.append(grid_ceiling(case.labels, case.geometry.spacing_kji, case.geometry.direction, fine_mm))
+            ceiling.append(grid_ceiling(case.labels, case.geometry.spacing_kji, case.geometry.direction, fine_mm,
+                                        model.fine.config.upsample))
             labels, _ = model.predict(case.image, case.geometry.spacing_kji, case.geometry.direction)
             dsc, per = mean_dsc(case.labels, labels)
             dscs.append(dsc)
@@ -108,7 +112,8 @@ def main() -> None:
 
     print(f"\npredictor CPU benchmark: {args.threads} threads, 512x512x100 phantom, median of {args.runs} runs, "
           f"DSC over {args.cases} held-out phantoms (seed {args.seed}, mixed domains)")
-    print("grid_ceiling: mean DSC of the true labels resampled to fine_mm and back (nearest neighbour)")
+    print("grid_ceiling: mean DSC of the true labels resampled to the fine network's output grid "
+          f"(fine_mm / {'x'.join(map(str, base.fine.config.upsample))}) and back (nearest neighbour)")
     print("fine_mm  " + "  ".join(f"{s:>8}" for s in STEPS) + "   mean_DSC  min_case_DSC  grid_ceiling  total/first")
     first = rows[0][1]["total"]
     for fine_mm, med, dsc, dscs, ceiling in rows:

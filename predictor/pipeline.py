@@ -9,8 +9,9 @@ stage 1 gives an all-zero map.
 2. Stage 1: resample the whole volume to ``coarse_mm``; the coarse U-Net marks organ voxels; their
    bounding box plus ``margin_mm`` is the ROI.
 3. Stage 2: resample the ROI to ``fine_mm``; the fine U-Net labels the 13 organs (one pass if the ROI
-   has at most ``one_pass_voxels`` voxels, else sliding windows); optionally keep each organ's largest
-   connected component (and those of at least ``keep_fraction`` of its size).
+   has at most ``one_pass_voxels`` voxels, else sliding windows), on the input grid or, with its
+   ``upsample`` factors, on a finer one (e.g. 2 x 1 x 1 mm from a 2 mm input); optionally keep each
+   organ's largest connected component (and those of at least ``keep_fraction`` of its size).
 4. Nearest-neighbour labels back onto the ROI of the original grid; zeros outside; undo step 1.
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .network import UNet3D, UNetConfig
+from .network import UNet3D, UNetConfig, depth_to_space
 from .orientation import Reorientation
 from .resample import resize_image, resize_labels, size_for_spacing
 
@@ -45,7 +46,7 @@ class PipelineConfig:
     fine_mm: float = 2.0
     margin_mm: float = 15.0
     hu_window: tuple[float, float] = (-160.0, 240.0)
-    one_pass_voxels: int = 160**3  # larger ROIs go by sliding window (bounds GPU memory)
+    one_pass_voxels: int = 160**3  # larger ROIs (in output voxels) go by sliding window (bounds GPU memory)
     window: tuple[int, int, int] = (128, 128, 128)
     overlap: float = 0.25
     keep_largest: bool = True
@@ -70,7 +71,7 @@ class Timings:
     stage1: float = 0.0
     stage2: float = 0.0
     resample: float = 0.0
-    roi_fine_shape: tuple[int, ...] = field(default_factory=tuple)
+    roi_fine_shape: tuple[int, ...] = field(default_factory=tuple)  # the fine labels' grid (output voxels)
 
 
 def normalise(hu: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
@@ -182,18 +183,25 @@ class Predictor:
         return autocast(self.device, torch.float16 if self.device.type == "cuda" else None)
 
     def _segment(self, net: UNet3D, x: torch.Tensor) -> torch.Tensor:
-        """Argmax labels (uint8, ``(D, H, W)``) of a normalised ``(D, H, W)`` volume, padded for the network."""
+        """Argmax labels (uint8) of a normalised ``(D, H, W)`` volume, padded for the network: ``(D*fz, H*fy, W*fx)``
+        for the network's ``upsample`` (fz, fy, fx). The argmax is taken in the sub-voxel layout of
+        ``forward_blocks`` and only the uint8 labels are shuffled, so the logits are never copied; they
+        (or the summed probabilities) take ``classes * fz*fy*fx`` values per input voxel, which is why
+        ``one_pass_voxels`` counts output voxels."""
         x = with_coords(x) if net.config.coords else x[None]
         xp, shape = pad_to_multiple(x, net.config.multiple, value=-1.0)
         with self._autocast():
-            if xp[0].numel() <= self.config.one_pass_voxels:
-                out = net(xp[None].contiguous(memory_format=MEMORY_FORMAT))[0].argmax(0)
+            if xp[0].numel() * net.config.sub_voxels <= self.config.one_pass_voxels:
+                blocks = net.forward_blocks(xp[None].contiguous(memory_format=MEMORY_FORMAT))[0].argmax(0)
             else:
-                out = self._sliding_window(net, xp)
-        return out[: shape[0], : shape[1], : shape[2]].to(torch.uint8)
+                blocks = self._sliding_window(net, xp)
+        out = depth_to_space(blocks.to(torch.uint8)[None, None], net.config.upsample)[0, 0]
+        size = [n * f for n, f in zip(shape, net.config.upsample, strict=True)]
+        return out[: size[0], : size[1], : size[2]]
 
     def _sliding_window(self, net: UNet3D, x: torch.Tensor) -> torch.Tensor:
-        """Average softmax over overlapping windows of a ``(C, D, H, W)`` input (sizes multiples of the stride)."""
+        """Average softmax over overlapping windows of a ``(C, D, H, W)`` input (sizes multiples of the stride);
+        argmax labels in the sub-voxel layout ``(fz*fy*fx, D, H, W)`` of :meth:`UNet3D.forward_blocks`."""
         m = net.config.multiple
         spatial = x.shape[1:]
         win = [min(w, n) // m * m or m for w, n in zip(self.config.window, spatial, strict=True)]
@@ -204,14 +212,15 @@ class Predictor:
             if s[-1] + w < n:
                 s.append(n - w)
             starts.append(s)
-        prob = torch.zeros((net.config.classes, *spatial), device=x.device, dtype=torch.float16
-                           if x.device.type == "cuda" else torch.float32)
+        prob = torch.zeros((net.config.classes, net.config.sub_voxels, *spatial), device=x.device,
+                           dtype=torch.float16 if x.device.type == "cuda" else torch.float32)
         for z in starts[0]:
             for y in starts[1]:
                 for xx in starts[2]:
                     sl = (slice(z, z + win[0]), slice(y, y + win[1]), slice(xx, xx + win[2]))
-                    p = net(x[(slice(None), *sl)][None].contiguous(memory_format=MEMORY_FORMAT))[0].float().softmax(0)
-                    prob[(slice(None), *sl)] += p.to(prob.dtype)
+                    window = x[(slice(None), *sl)][None].contiguous(memory_format=MEMORY_FORMAT)
+                    p = net.forward_blocks(window)[0].float().softmax(0)
+                    prob[(slice(None), slice(None), *sl)] += p.to(prob.dtype)
         return prob.argmax(0)
 
     @torch.inference_mode()

@@ -35,7 +35,7 @@ from challenge.cases import list_images, list_labels
 from challenge.labels import MAX_LABEL, NUM_CLASSES
 from challenge.nifti import NiftiError, read_geometry, read_image
 
-from .network import UNet3D, UNetConfig
+from .network import UNet3D, UNetConfig, space_to_depth
 from .orientation import Reorientation
 from .pipeline import (
     CONFIG_NAME,
@@ -51,13 +51,13 @@ from .resample import resize_image, resize_labels, size_for_spacing
 
 log = logging.getLogger("predictor.train")
 
-EPOCHS = 90  # the shipped weights' budget: <= 30 min on 2 CPU cores with bf16
+EPOCHS = 95  # the shipped weights' budget: <= 30 min on 2 CPU cores with bf16
 
 SHIPPED_COMMAND = """\
   # the shipped weights (predictor/weights/), on 2 CPU cores:
   python -m phantoms --out /work/data/train --cases 48 --seed 1000 --shape 192 192 96 --domain mixed
   python -m predictor.train --images /work/data/train/images --labels /work/data/train/labels \\
-      --out /work/data/run --epochs 90 --seed 0 --threads 2 --device cpu
+      --out /work/data/run --epochs 95 --seed 0 --threads 2 --device cpu
   cp /work/data/run/weights/* predictor/weights/"""
 
 
@@ -89,10 +89,12 @@ class TrainConfig:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """The defaults, with the command line's ``--fine-mm``, ``--precision`` and ``--ce-weight-power``."""
+    """The defaults, with the command line's ``--fine-mm``, ``--fine-upsample``, ``--precision`` and
+    ``--ce-weight-power``."""
     cfg = TrainConfig(pipeline=replace(PipelineConfig(), fine_mm=args.fine_mm))
+    unet = replace(cfg.fine.unet, upsample=tuple(args.fine_upsample))
     return replace(cfg, coarse=replace(cfg.coarse, precision=args.precision),
-                   fine=replace(cfg.fine, precision=args.precision, ce_weight_power=args.ce_weight_power))
+                   fine=replace(cfg.fine, unet=unet, precision=args.precision, ce_weight_power=args.ce_weight_power))
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -151,7 +153,8 @@ def validate(images: Path, labels: Path) -> list[tuple[str, Path, Path]]:
 @dataclass
 class Case:
     """Canonical training arrays: coarse (whole volume, ``(1, D, H, W)``) and fine (organ box,
-    ``(4, D, H, W)`` with coordinate channels), float16 image; uint8 labels ``(D, H, W)``."""
+    ``(4, D, H, W)`` with coordinate channels), float16 image; uint8 labels ``(D, H, W)``, the fine ones
+    on the fine network's output grid ``(D*fz, H*fy, W*fx)`` (its ``upsample``)."""
 
     name: str
     coarse_x: np.ndarray
@@ -179,42 +182,58 @@ def precompute(case: str, image_path: Path, label_path: Path, cfg: TrainConfig) 
     hi = [min(int(nz[:, a].max() + 1 + cfg.roi_margin_mm / spacing[a]), x.shape[a]) for a in range(3)]
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     fine_size = size_for_spacing(tuple(x[box].shape), spacing, (p.fine_mm,) * 3)
-    fine_x, fine_y = resize_image(x[box].contiguous(), fine_size), resize_labels(y[box].contiguous(), fine_size)
+    label_size = tuple(n * f for n, f in zip(fine_size, cfg.fine.unet.upsample, strict=True))
+    fine_x, fine_y = resize_image(x[box].contiguous(), fine_size), resize_labels(y[box].contiguous(), label_size)
     return Case(case, coarse_x[None].half().numpy(), coarse_y.numpy(), with_coords(fine_x).half().numpy(),
                 fine_y.numpy())
 
 
 def sample_patch(x: np.ndarray, y: np.ndarray, patch: tuple[int, int, int], fg_fraction: float,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A ``patch``-sized crop of ``x`` ``(C, D, H, W)`` and ``y`` ``(D, H, W)`` (padded with -1 / background
-    where the volume is smaller). With probability ``fg_fraction`` it is centred on a voxel of an organ
-    drawn uniformly among the organs present (class-balanced), otherwise placed uniformly at random."""
-    pads = [(0, max(p - n, 0)) for p, n in zip(patch, y.shape, strict=True)]
+                 rng: np.random.Generator, upsample: tuple[int, int, int] = (1, 1, 1)
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """A ``patch``-sized crop of ``x`` ``(C, D, H, W)`` and the matching crop of ``y`` ``(D*fz, H*fy, W*fx)``
+    (``upsample`` = (fz, fy, fx): labels on a finer grid), padded with -1 / background where the volume is
+    smaller. With probability ``fg_fraction`` it is centred on a voxel of an organ drawn uniformly among
+    the organs present (class-balanced), otherwise placed uniformly at random."""
+    if tuple(y.shape) != tuple(n * f for n, f in zip(x.shape[1:], upsample, strict=True)):
+        raise ValueError(f"labels {y.shape} are not the image {x.shape[1:]} times upsample {upsample}")
+    pads = [(0, max(p - n, 0)) for p, n in zip(patch, x.shape[1:], strict=True)]
     if any(b for _, b in pads):
-        x, y = np.pad(x, [(0, 0), *pads], constant_values=-1.0), np.pad(y, pads)
+        x = np.pad(x, [(0, 0), *pads], constant_values=-1.0)
+        y = np.pad(y, [(0, b * f) for (_, b), f in zip(pads, upsample, strict=True)])
     counts = np.bincount(y.ravel(), minlength=NUM_CLASSES)[1:]
     if rng.random() < fg_fraction and counts.any():
         # class-balanced: an organ drawn uniformly among those present, then one of its voxels, so that
         # the adrenals (~0.1 % of the foreground) are centred as often as the liver
         organ = 1 + int(rng.choice(np.flatnonzero(counts)))
         fg = np.argwhere(y == organ)
-        centre = fg[rng.integers(len(fg))]
-        start = [int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, patch, y.shape, strict=True)]
+        centre = fg[rng.integers(len(fg))] // np.asarray(upsample)
+        start = [int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, patch, x.shape[1:], strict=True)]
     else:
-        start = [int(rng.integers(0, n - p + 1)) for p, n in zip(patch, y.shape, strict=True)]
+        start = [int(rng.integers(0, n - p + 1)) for p, n in zip(patch, x.shape[1:], strict=True)]
     sl = tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
-    return x[(slice(None), *sl)], y[sl]
+    sl_y = tuple(slice(s * f, (s + p) * f) for s, p, f in zip(start, patch, upsample, strict=True))
+    return x[(slice(None), *sl)], y[sl_y]
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy (per-class ``weights``, normalised by the weights of the target voxels) plus soft Dice
-    over the foreground classes present in the batch."""
-    ce = F.cross_entropy(logits, target, weight=weights)
-    prob = logits.softmax(1)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
-    dims = (0, 2, 3, 4)
-    inter, denom = (prob * onehot).sum(dims), prob.sum(dims) + onehot.sum(dims)
-    present = onehot.sum(dims)[1:] > 0
+    over the foreground classes present in the batch. ``logits`` ``(N, C, ...)``, ``target`` ``(N, ...)``: any
+    spatial layout, e.g. the sub-voxel one of ``UNet3D.forward_blocks`` with a ``space_to_depth`` target.
+
+    One log-softmax serves both terms, and the Dice overlap sums each voxel's probability of its own class
+    per class (index_add) instead of multiplying by a one-hot tensor of C times the voxels: the same loss up
+    to rounding, and a faster training step (benchmarks/train_step_bench.py). Computed in fp32 (or fp64)
+    whatever the logits' dtype: half-precision sums of voxel counts overflow."""
+    logp = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(1)
+    ce = F.nll_loss(logp, target, weight=weights)
+    prob = logp.exp()
+    classes, flat = logits.shape[1], target.flatten()
+    own = prob.gather(1, target[:, None]).flatten()
+    inter = torch.zeros(classes, dtype=prob.dtype, device=prob.device).index_add_(0, flat, own)
+    count = torch.bincount(flat, minlength=classes).to(prob.dtype)
+    denom = prob.sum((0, *range(2, prob.ndim))) + count
+    present = count[1:] > 0
     dice = (2 * inter[1:] + 1e-5) / (denom[1:] + 1e-5)
     return ce + (1 - dice[present].mean() if present.any() else 0.0)
 
@@ -238,12 +257,13 @@ def _batch(data: list[tuple[np.ndarray, np.ndarray]], spec: NetTraining, rng: np
     xs, ys = [], []
     for _ in range(spec.batch):
         x, y = data[rng.integers(len(data)) if weights is None else rng.choice(len(data), p=weights)]
-        px, py = sample_patch(x, y, spec.patch, spec.foreground_fraction, rng)
+        px, py = sample_patch(x, y, spec.patch, spec.foreground_fraction, rng, spec.unet.upsample)
         px = px.astype(np.float32)
         px[0] = augment_intensity(px[0], rng)  # channel 0 is intensity; the rest are coordinates
         xs.append(px)
         ys.append(py.astype(np.int64))
-    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+    # targets in the network's sub-voxel layout (forward_blocks), so the loss needs no shuffled logits
+    return torch.from_numpy(np.stack(xs)), space_to_depth(torch.from_numpy(np.stack(ys)), spec.unet.upsample)
 
 
 class _Prefetch:
@@ -380,7 +400,7 @@ def _train_steps(net: UNet3D, opt: torch.optim.Optimizer, sched: torch.optim.lr_
         x = x.to(device, non_blocking=True).contiguous(memory_format=MEMORY_FORMAT)
         y = y.to(device, non_blocking=True)
         with autocast(device, numerics.dtype):
-            logits = net(x)
+            logits = net.forward_blocks(x)
         loss = dice_ce_loss(logits.float(), y, numerics.ce_weights)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -446,6 +466,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fine-mm", type=float, default=PipelineConfig.fine_mm,
                    help="isotropic spacing (mm) of the fine stage, in training and in the exported config "
                         f"(default {PipelineConfig.fine_mm:g}; 3 suits ~3 mm scans)")
+    p.add_argument("--fine-upsample", type=int, nargs=3, default=TrainConfig.fine.unet.upsample,
+                   metavar=("FZ", "FY", "FX"),
+                   help="fine network: output sub-voxels per input voxel along S-I, A-P, R-L, so labels come "
+                        "on a finer grid than --fine-mm (e.g. 1 2 2: 2 x 1 x 1 mm); the labels must be that "
+                        f"fine (default {' '.join(map(str, TrainConfig.fine.unet.upsample))})")
     semi = p.add_argument_group(
         "semi-supervised (only with --unlabeled; see predictor/semi.py for the RUN_DIR layout)")
     semi.add_argument("--unlabeled", type=Path, help="folder of unlabeled <Case>_0000.nii.gz to pseudo-label")
@@ -470,6 +495,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--ce-weight-power must be >= 0")
     if not 0.5 <= args.fine_mm <= 8.0:
         p.error("--fine-mm must be in [0.5, 8] mm")
+    if not all(1 <= f <= 4 for f in args.fine_upsample):
+        p.error("--fine-upsample factors must be in 1..4")
     if args.unlabeled is not None:
         if args.rounds < 0:
             p.error("--rounds must be >= 0")

@@ -178,3 +178,64 @@ def test_keep_largest_components_keeps_big_pieces_and_drops_specks():
     assert (only == 12).sum() == 64 and (only == 1).sum() == 64
     share = keep_largest_components(y.copy(), 0.3)  # 27 >= 0.3 * 64 kept; 8 and 1 are not
     assert (share == 12).sum() == 64 + 27 and share[18, 18, 18] == 0 and (share == 1).sum() == 64
+
+
+def test_sub_voxel_head_puts_each_logit_where_its_index_says():
+    """Block s = (a*fy + b)*fx + e of forward_blocks is output voxel (d*fz + a, h*fy + b, w*fx + e), for every s
+    (distinct factors, so a swapped axis or order fails); space_to_depth is the same map for targets;
+    config.json's list becomes a tuple; bad factors are refused."""
+    from predictor.network import UNet3D, UNetConfig, depth_to_space, space_to_depth
+
+    up = (2, 3, 4)
+    torch.manual_seed(0)
+    net = UNet3D(UNetConfig(classes=3, base=4, levels=2, upsample=list(up))).eval()
+    assert net.config.upsample == up
+    x = torch.randn(1, 1, 4, 6, 8)
+    with torch.no_grad():
+        blocks, full = net.forward_blocks(x), net(x)
+    assert blocks.shape == (1, 3, 24, 4, 6, 8) and full.shape == (1, 3, 8, 18, 32)
+    labels = torch.randint(0, 3, (2, 8, 18, 32))
+    target = space_to_depth(labels, up)
+    for s in range(24):
+        a, b, e = np.unravel_index(s, up)
+        assert torch.equal(blocks[:, :, s], full[:, :, a::2, b::3, e::4])
+        assert torch.equal(target[:, s], labels[:, a::2, b::3, e::4])
+    assert torch.equal(depth_to_space(target[:, None], up)[:, 0], labels)
+    for bad in ((1, 0, 2), (1, 1.5, 1)):
+        with pytest.raises(ValueError, match="upsample"):
+            UNetConfig(classes=3, upsample=bad)
+
+
+def test_sub_voxel_labels_match_the_network_one_pass_and_by_sliding_window():
+    """A fine network with upsample (1, 2, 2): stage 2 returns labels on the finer grid, the argmax of the shuffled
+    logits in one pass, and of the averaged softmax of overlapping windows, each placed at its offset times the
+    factors; predict() keeps the input's shape."""
+    from predictor.network import UNet3D, UNetConfig
+    from predictor.pipeline import PipelineConfig, pad_to_multiple, with_coords
+
+    torch.manual_seed(0)
+    coarse = UNet3D(UNetConfig(classes=2, base=4, levels=2))
+    fine = UNet3D(UNetConfig(classes=14, base=4, levels=2, coords=True, upsample=(1, 2, 2))).eval()
+    x = torch.randn(10, 14, 17)
+    cpu = torch.device("cpu")
+    one = Predictor(coarse, fine, PipelineConfig(), cpu)
+    windowed = Predictor(coarse, fine, PipelineConfig(one_pass_voxels=10, window=(4, 6, 8), overlap=0.5), cpu)
+    with torch.inference_mode():
+        a, b = one._segment(fine, x), windowed._segment(fine, x)
+        padded, _ = pad_to_multiple(with_coords(x), 2, -1.0)  # (4, 10, 14, 18)
+        expected = fine(padded[None])[0].argmax(0)[:10, :28, :34].to(torch.uint8)
+        prob = torch.zeros(14, 10, 28, 36)
+        for z in (0, 2, 4, 6):
+            for y in (0, 3, 6, 8):
+                for w in (0, 4, 8, 10):
+                    p = fine(padded[None, :, z:z + 4, y:y + 6, w:w + 8])[0].softmax(0)
+                    prob[:, z:z + 4, 2 * y:2 * y + 12, 2 * w:2 * w + 16] += p
+        by_window = prob.argmax(0)[:10, :28, :34].to(torch.uint8)
+    assert a.shape == (10, 28, 34) and torch.equal(a, expected)
+    assert torch.equal(b, by_window) and not torch.equal(by_window, expected)  # the windows really differ
+    with torch.no_grad():
+        coarse.head.bias.copy_(torch.tensor([-10.0, 10.0]))  # stage 1 marks everything: the ROI is the volume
+    image = np.random.default_rng(0).normal(0, 50, (20, 30, 40)).astype(np.float32)
+    labels, timings = one.predict(image, (2.5, 0.8, 0.8))
+    # fine grid 25 x 12 x 16 voxels of 2 mm; labels on 25 x 24 x 32
+    assert labels.shape == image.shape and timings.roi_fine_shape == (25, 24, 32)

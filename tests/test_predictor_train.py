@@ -82,6 +82,37 @@ def test_patches_are_class_balanced():
     assert 150 < hits < 250
 
 
+def test_patches_with_sub_voxel_labels_stay_aligned_with_their_image():
+    """upsample (1, 2, 2): each image voxel's label block comes with it, also where the volume is padded."""
+    from predictor.train import sample_patch
+
+    index = np.arange(10 * 12 * 14).reshape(10, 12, 14)
+    x = index[None].astype(np.float32)
+    y = np.repeat(np.repeat(index % 13 + 1, 2, axis=1), 2, axis=2).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        px, py = sample_patch(x, y, (4, 6, 8), 0.7, rng, (1, 2, 2))
+        assert px.shape == (1, 4, 6, 8) and py.shape == (4, 12, 16)
+        assert np.array_equal(py[:, 1::2, ::2], (px[0].astype(int) % 13 + 1))
+    px, py = sample_patch(x, y, (12, 16, 16), 0.7, rng, (1, 2, 2))
+    assert py.shape == (12, 32, 32) and (py[10:] == 0).all() and (px[0, 10:] == -1).all()
+    assert (py[:, 24:] == 0).all() and (py[:, :, 28:] == 0).all() and (px[0, :, 12:] == -1).all()
+    assert np.array_equal(py[:10, 0:24:2, 0:28:2], py[:10, 1:24:2, 1:28:2])  # the real part: 2 x 2 blocks
+
+
+def test_loss_is_the_same_in_the_sub_voxel_layout():
+    import torch
+
+    from predictor.network import depth_to_space, space_to_depth
+    from predictor.train import dice_ce_loss
+
+    torch.manual_seed(0)
+    blocks = torch.randn(2, 4, 4, 3, 5, 6, dtype=torch.float64)  # (N, C, fz*fy*fx, D, H, W), upsample 1 2 2
+    target = torch.randint(0, 4, (2, 3, 10, 12))
+    shuffled = dice_ce_loss(depth_to_space(blocks, (1, 2, 2)), target)
+    assert torch.allclose(dice_ce_loss(blocks, space_to_depth(target, (1, 2, 2))), shuffled, atol=1e-12)
+
+
 def test_intensity_augmentation_varies_and_stays_in_the_input_range():
     from predictor.train import augment_intensity
 
@@ -143,6 +174,28 @@ def test_weighted_loss_counts_a_missed_rare_voxel_more():
     assert weighted > plain  # the Dice term is the same; only the CE weight of class 2 differs
 
 
+def test_loss_equals_the_textbook_one_hot_dice_plus_cross_entropy():
+    import torch
+    import torch.nn.functional as F
+
+    from predictor.train import dice_ce_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 3, 4, 6, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 4, (2, 3, 4, 6))  # class 4 absent: left out of the Dice mean
+    weights = torch.tensor([1.0, 2.0, 1.0, 3.0, 1.0], dtype=torch.float64)
+    prob = logits.softmax(1)
+    onehot = F.one_hot(target, 5).permute(0, 4, 1, 2, 3).double()
+    inter, denom = (prob * onehot).sum((0, 2, 3, 4)), (prob + onehot).sum((0, 2, 3, 4))
+    dice = ((2 * inter + 1e-5) / (denom + 1e-5))[1:4]
+    expected = F.cross_entropy(logits, target, weight=weights) + 1 - dice.mean()
+    got = dice_ce_loss(logits, target, weights)
+    assert torch.allclose(got, expected, atol=1e-12)
+    g_got, = torch.autograd.grad(got, logits)
+    g_exp, = torch.autograd.grad(expected, logits)
+    assert torch.allclose(g_got, g_exp, atol=1e-12)
+
+
 def test_autocast_dtype_follows_device_and_precision():
     import torch
 
@@ -162,5 +215,9 @@ def test_ce_weight_power_reaches_the_fine_network_and_rejects_negatives(data, tm
     assert train_config(parse_args([*base, "--ce-weight-power", "0"])).fine.ce_weight_power == 0.0
     assert train_config(parse_args(base)).fine.ce_weight_power == 0.5
     assert train_config(parse_args([*base, "--precision", "fp32"])).coarse.precision == "fp32"
+    assert train_config(parse_args([*base, "--fine-upsample", "1", "2", "2"])).fine.unet.upsample == (1, 2, 2)
+    assert train_config(parse_args(base)).fine.unet.upsample == (1, 1, 1)
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--fine-upsample", "1", "0", "2"])
     proc = _train(data, tmp_path / "run", "--ce-weight-power", "-1")
     assert proc.returncode == 2 and "--ce-weight-power" in proc.stderr
