@@ -27,6 +27,7 @@ import torch
 from challenge.labels import ORGANS
 from challenge.nifti import read_image, write_label
 from phantoms.generate import PhantomConfig, generate_case, write_case
+from predictor.network import upsampled_shape
 from predictor.orientation import Reorientation
 from predictor.pipeline import Predictor
 from predictor.resample import resize_labels, size_for_spacing
@@ -52,7 +53,7 @@ def grid_ceiling(labels: np.ndarray, spacing_kji: tuple[float, ...], direction: 
     reo = Reorientation.from_direction(direction)
     y = reo.forward(torch.from_numpy(labels.astype(np.uint8)))
     fine = size_for_spacing(tuple(y.shape), reo.spacing(spacing_kji), (fine_mm,) * 3)
-    small = resize_labels(y, tuple(n * f for n, f in zip(fine, upsample, strict=True)))
+    small = resize_labels(y, upsampled_shape(fine, upsample))
     back = reo.inverse(resize_labels(small, tuple(y.shape))).numpy()
     return mean_dsc(labels, back)[0]
 

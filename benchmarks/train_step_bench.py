@@ -22,7 +22,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from predictor.network import UNet3D, space_to_depth
+from predictor.network import UNet3D, space_to_depth, upsampled_shape
 from predictor.pipeline import autocast
 from predictor.train import TrainConfig, autocast_dtype, dice_ce_loss
 
@@ -60,8 +60,7 @@ def step_seconds(net: UNet3D, opt: torch.optim.Optimizer, fmt: torch.memory_form
     spec = TrainConfig().fine
     x = torch.randn(spec.batch, net.config.in_channels, *spec.patch, device=device).contiguous(memory_format=fmt)
     up = net.config.upsample
-    y = torch.randint(0, net.config.classes, (spec.batch, *(p * f for p, f in zip(spec.patch, up, strict=True))),
-                      device=device)
+    y = torch.randint(0, net.config.classes, (spec.batch, *upsampled_shape(spec.patch, up)), device=device)
     y = space_to_depth(y, up)  # the trainer's sub-voxel target layout
     clock = time.perf_counter()
     for _ in range(steps):

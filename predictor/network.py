@@ -96,6 +96,11 @@ class UNet3D(nn.Module):
         return x.view(x.shape[0], self.config.classes, self.config.sub_voxels, *x.shape[2:])
 
 
+def upsampled_shape(shape: tuple[int, ...], upsample: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The output grid's voxel counts for an input grid of ``shape`` (same axis order as ``upsample``)."""
+    return tuple(n * f for n, f in zip(shape, upsample, strict=True))
+
+
 def depth_to_space(blocks: torch.Tensor, upsample: tuple[int, int, int]) -> torch.Tensor:
     """``(N, C, fz*fy*fx, D, H, W)`` (as from :meth:`UNet3D.forward_blocks`) -> ``(N, C, D*fz, H*fy, W*fx)``."""
     n, c, _, d, h, w = blocks.shape

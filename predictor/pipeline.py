@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .network import UNet3D, UNetConfig, depth_to_space
+from .network import UNet3D, UNetConfig, depth_to_space, upsampled_shape
 from .orientation import Reorientation
 from .resample import resize_image, resize_labels, size_for_spacing
 
@@ -196,7 +196,7 @@ class Predictor:
             else:
                 blocks = self._sliding_window(net, xp)
         out = depth_to_space(blocks.to(torch.uint8)[None, None], net.config.upsample)[0, 0]
-        size = [n * f for n, f in zip(shape, net.config.upsample, strict=True)]
+        size = upsampled_shape(shape, net.config.upsample)
         return out[: size[0], : size[1], : size[2]]
 
     def _sliding_window(self, net: UNet3D, x: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from challenge.cases import list_images, list_labels
 from challenge.labels import MAX_LABEL, NUM_CLASSES
 from challenge.nifti import NiftiError, read_geometry, read_image
 
-from .network import UNet3D, UNetConfig, space_to_depth
+from .network import UNet3D, UNetConfig, space_to_depth, upsampled_shape
 from .orientation import Reorientation
 from .pipeline import (
     CONFIG_NAME,
@@ -182,7 +182,7 @@ def precompute(case: str, image_path: Path, label_path: Path, cfg: TrainConfig) 
     hi = [min(int(nz[:, a].max() + 1 + cfg.roi_margin_mm / spacing[a]), x.shape[a]) for a in range(3)]
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     fine_size = size_for_spacing(tuple(x[box].shape), spacing, (p.fine_mm,) * 3)
-    label_size = tuple(n * f for n, f in zip(fine_size, cfg.fine.unet.upsample, strict=True))
+    label_size = upsampled_shape(fine_size, cfg.fine.unet.upsample)
     fine_x, fine_y = resize_image(x[box].contiguous(), fine_size), resize_labels(y[box].contiguous(), label_size)
     return Case(case, coarse_x[None].half().numpy(), coarse_y.numpy(), with_coords(fine_x).half().numpy(),
                 fine_y.numpy())
@@ -195,7 +195,7 @@ def sample_patch(x: np.ndarray, y: np.ndarray, patch: tuple[int, int, int], fg_f
     (``upsample`` = (fz, fy, fx): labels on a finer grid), padded with -1 / background where the volume is
     smaller. With probability ``fg_fraction`` it is centred on a voxel of an organ drawn uniformly among
     the organs present (class-balanced), otherwise placed uniformly at random."""
-    if tuple(y.shape) != tuple(n * f for n, f in zip(x.shape[1:], upsample, strict=True)):
+    if tuple(y.shape) != upsampled_shape(x.shape[1:], upsample):
         raise ValueError(f"labels {y.shape} are not the image {x.shape[1:]} times upsample {upsample}")
     pads = [(0, max(p - n, 0)) for p, n in zip(patch, x.shape[1:], strict=True)]
     if any(b for _, b in pads):
@@ -401,7 +401,7 @@ def _train_steps(net: UNet3D, opt: torch.optim.Optimizer, sched: torch.optim.lr_
         y = y.to(device, non_blocking=True)
         with autocast(device, numerics.dtype):
             logits = net.forward_blocks(x)
-        loss = dice_ce_loss(logits.float(), y, numerics.ce_weights)
+        loss = dice_ce_loss(logits, y, numerics.ce_weights)  # the loss computes in fp32
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
