@@ -4,12 +4,16 @@
 DSC here is this script's own: per organ present in the ground truth, 2|P&G| / (|P|+|G|), then the
 mean over those organs and cases (the evaluator package's scorer is not used).
 Held-out phantoms use --seed 2000 (the shipped weights were trained on --seed 1000 cases).
-``grid_ceiling`` is what a perfect fine network would score: the true labels taken to the fine network's
-output grid (fine_mm, divided per axis by its ``upsample`` factors) and back with nearest neighbour, as the
-pipeline takes its predictions.
+``grid_ceiling`` is what a perfect but certain fine network would score: the true labels taken to the fine
+network's output grid (fine_mm, divided per axis by its ``upsample`` factors) by nearest neighbour and back
+as the pipeline takes its predictions back (``--resample``: nearest-neighbour labels, or one-hot
+probabilities resized trilinearly). A network's soft probabilities at boundaries can beat it.
 
-    python benchmarks/predictor_bench.py                      # 3 timing runs, 5 held-out cases
-    python benchmarks/predictor_bench.py --runs 5 --threads 2 --cases 8 --fine-mm 2.0 2.5
+Each (fine_mm, fine_scales, resample) setting is one row; the last column is its time relative to the first
+row. ``fine_scales`` (comma-separated factors): stage 2 at fine_mm times each, probabilities averaged.
+
+    python benchmarks/predictor_bench.py                      # 3 timing runs, 5 held-out cases, both resamplings
+    python benchmarks/predictor_bench.py --runs 3 --cases 8 --fine-scales 0.95,1.05 1 --resample probabilities nearest
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from challenge.nifti import read_image, write_label
 from phantoms.generate import PhantomConfig, generate_case, write_case
 from predictor.network import upsampled_shape
 from predictor.orientation import Reorientation
-from predictor.pipeline import Predictor
-from predictor.resample import resize_labels, size_for_spacing
+from predictor.pipeline import RESAMPLE_MODES, Predictor
+from predictor.resample import resize_labels, resize_probabilities, size_for_spacing
 
 STEPS = ("read", "stage1", "stage2", "resample", "write", "total")
 
@@ -45,17 +49,21 @@ def mean_dsc(gt: np.ndarray, pred: np.ndarray) -> tuple[float, dict[int, float]]
 
 
 def grid_ceiling(labels: np.ndarray, spacing_kji: tuple[float, ...], direction: tuple[float, ...],
-                 fine_mm: float, upsample: tuple[int, int, int] = (1, 1, 1)) -> float:
+                 fine_mm: float, upsample: tuple[int, int, int] = (1, 1, 1), resample: str = "nearest") -> float:
     """Mean DSC of the true labels after the pipeline's own round trip: canonical axes, nearest-neighbour
     to the fine network's output grid (``fine_mm`` voxels times ``upsample`` sub-voxels, canonical S-I,
-    A-P, R-L) over the whole volume, and back. A perfect fine network scores about this (the ROI crop
-    changes the grid's phase a little), so it is the ceiling that the fine network's output grid sets."""
+    A-P, R-L) over the whole volume, and back by ``resample`` (one-hot probabilities for "probabilities").
+    A perfect but certain fine network scores about this (the ROI crop changes the grid's phase a little)."""
     reo = Reorientation.from_direction(direction)
     y = reo.forward(torch.from_numpy(labels.astype(np.uint8)))
     fine = size_for_spacing(tuple(y.shape), reo.spacing(spacing_kji), (fine_mm,) * 3)
     small = resize_labels(y, upsampled_shape(fine, upsample))
-    back = reo.inverse(resize_labels(small, tuple(y.shape))).numpy()
-    return mean_dsc(labels, back)[0]
+    if resample == "nearest":
+        back = resize_labels(small, tuple(y.shape))
+    else:
+        one_hot = torch.nn.functional.one_hot(small.long(), len(ORGANS) + 1).permute(3, 0, 1, 2).float()
+        back = resize_probabilities(one_hot, tuple(y.shape))
+    return mean_dsc(labels, reo.inverse(back).numpy())[0]
 
 
 def time_case(model: Predictor, image_path: Path, out: Path) -> dict[str, float]:
@@ -77,7 +85,12 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--cases", type=int, default=5, help="held-out phantoms for DSC (0 skips)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--fine-mm", type=float, nargs="+", default=[2.0], help="fine spacings to compare")
+    p.add_argument("--fine-mm", type=float, nargs="+", default=None,
+                   help="fine spacings (mm) to compare (default: the weights' own)")
+    p.add_argument("--fine-scales", nargs="+", default=None, metavar="S[,S...]",
+                   help="sets of inference scales to compare, e.g. 0.95,1.05 1 (default: the weights' own)")
+    p.add_argument("--resample", nargs="+", choices=RESAMPLE_MODES, default=list(RESAMPLE_MODES),
+                   help="how the fine output goes back to the input grid (default: both, side by side)")
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--seed", type=int, default=2000,
                    help="phantom seed of the held-out cases (default 2000; the shipped weights trained on 1000)")
@@ -90,35 +103,41 @@ def main() -> None:
     held = [generate_case(seed=args.seed, index=i, config=PhantomConfig(domain="mixed")) for i in range(args.cases)]
 
     rows = []
-    for fine_mm in args.fine_mm:
+    scale_sets = [tuple(float(v) for v in text.split(",")) for text in args.fine_scales or []]
+    settings = [(f, sc, r) for f in args.fine_mm or [base.config.fine_mm]
+                for sc in scale_sets or [base.config.fine_scales] for r in args.resample]
+    for fine_mm, scales, resample in settings:
         model = base
-        model.config = replace(base.config, fine_mm=fine_mm)
+        model.config = replace(base.config, fine_mm=fine_mm, fine_scales=scales, resample=resample)
         time_case(model, image_path, tmp / "warmup.nii.gz")  # warm-up: allocator, oneDNN kernels
         runs = [time_case(model, image_path, tmp / "out.nii.gz") for _ in range(args.runs)]
         med = {s: statistics.median(r[s] for r in runs) for s in STEPS}
         dscs, organs, ceiling = [], {}, []
         for case in held:
-            ceiling.append(grid_ceiling(case.labels, case.geometry.spacing_kji, case.geometry.direction, fine_mm,
-                                        model.fine.config.upsample))
+            ceiling.append(grid_ceiling(case.labels, case.geometry.spacing_kji, case.geometry.direction,
+                                        fine_mm * scales[0],
+                                        model.fine.config.upsample, resample))
             labels, _ = model.predict(case.image, case.geometry.spacing_kji, case.geometry.direction)
             dsc, per = mean_dsc(case.labels, labels)
             dscs.append(dsc)
             for organ, value in per.items():
                 organs.setdefault(organ, []).append(value)
-        rows.append((fine_mm, med, float(np.mean(dscs)) if dscs else float("nan"), dscs,
+        rows.append((fine_mm, ",".join(f"{v:g}" for v in scales), resample, med,
+                     float(np.mean(dscs)) if dscs else float("nan"), dscs,
                      float(np.mean(ceiling)) if ceiling else float("nan")))
         if organs:
-            print(f"fine {fine_mm:g} mm, per-organ DSC (mean over the cases that have it): "
+            print(f"fine {fine_mm:g} mm x {scales}, {resample}, per-organ DSC (mean over the cases that have it): "
                   + ", ".join(f"{ORGANS[o - 1].short} {np.mean(v):.3f}" for o, v in sorted(organs.items())))
 
     print(f"\npredictor CPU benchmark: {args.threads} threads, 512x512x100 phantom, median of {args.runs} runs, "
           f"DSC over {args.cases} held-out phantoms (seed {args.seed}, mixed domains)")
     print("grid_ceiling: mean DSC of the true labels resampled to the fine network's output grid "
-          f"(fine_mm / {'x'.join(map(str, base.fine.config.upsample))}) and back (nearest neighbour)")
-    print("fine_mm  " + "  ".join(f"{s:>8}" for s in STEPS) + "   mean_DSC  min_case_DSC  grid_ceiling  total/first")
-    first = rows[0][1]["total"]
-    for fine_mm, med, dsc, dscs, ceiling in rows:
-        print(f"{fine_mm:7.2f}  " + "  ".join(f"{med[s]:8.2f}" for s in STEPS)
+          f"(fine_mm / {'x'.join(map(str, base.fine.config.upsample))}) and back (as the row's resample)")
+    print("fine_mm  scales     resample       " + "  ".join(f"{s:>8}" for s in STEPS)
+          + "   mean_DSC  min_case_DSC  grid_ceiling  total/first")
+    first = rows[0][3]["total"]
+    for fine_mm, scales, resample, med, dsc, dscs, ceiling in rows:
+        print(f"{fine_mm:7.2f}  {scales:9s}  {resample:13s}  " + "  ".join(f"{med[s]:8.2f}" for s in STEPS)
               + f"   {dsc:8.4f}  {min(dscs) if dscs else float('nan'):12.4f}  {ceiling:12.4f}"
               + f"  {med['total'] / first:11.2f}")
 
