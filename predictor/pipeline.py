@@ -21,7 +21,9 @@ stage 1 gives an all-zero map.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -52,7 +54,10 @@ class PipelineConfig:
     margin_mm: float = 15.0
     hu_window: tuple[float, float] = (-160.0, 240.0)
     one_pass_voxels: int = 160**3  # larger ROIs (in output voxels) go by sliding window (bounds GPU memory)
-    window: tuple[int, int, int] = (128, 128, 128)
+    # sliding windows: at most one_pass_voxels each, shaped by tile_windows to cover the ROI with the fewest
+    # voxels computed; ``window`` optionally caps their size per axis (fine voxels)
+    window: tuple[int, int, int] | None = None
+    min_window: int = 64  # fine voxels per axis (or the whole axis): context, training patches are 48-80
     overlap: float = 0.25
     keep_largest: bool = True
     # with keep_largest, also keep an organ's components of at least this share of its largest one's
@@ -78,7 +83,7 @@ class PipelineConfig:
     def from_dict(cls, d: dict) -> PipelineConfig:
         d = dict(d)
         for key in ("hu_window", "window", "fine_scales"):
-            if key in d:
+            if d.get(key) is not None:
                 d[key] = tuple(d[key])
         return cls(**d)
 
@@ -171,6 +176,41 @@ def drop_small_components(labels: torch.Tensor, prob: torch.Tensor | None, keep_
     return kept
 
 
+def tile_windows(shape: tuple[int, ...], multiple: int, max_voxels: int, overlap: float, min_size: int,
+                 cap: tuple[int, ...] | None = None) -> tuple[tuple[int, ...], list[list[int]]]:
+    """Sliding windows over a grid of ``shape`` (each a multiple of ``multiple``): the window size and, per
+    axis, its start offsets. Among k = 1..16 windows per axis, each wide enough that neighbours overlap by
+    about ``overlap`` of a window and at least ``min_size`` voxels (or the axis) wide for context, picks the
+    sizes (multiples of ``multiple``, at most ``cap`` per axis) with at most ``max_voxels`` voxels per window
+    that compute the fewest voxels in all (if none fits: the smallest windows); starts are evenly spaced
+    multiples of ``multiple`` from 0 to the end, so the windows cover every voxel. E.g. 184 x 136 x 184 under
+    160^3 voxels: 2 windows of 184 x 80 x 184 (5.4 M voxels computed) instead of 8 cubes of 128 (16.8 M)."""
+    options = []
+    for axis, n in enumerate(shape):
+        hi = n if cap is None else max(min(n, cap[axis] // multiple * multiple), multiple)
+        lo = min(-(-min_size // multiple) * multiple, hi)
+        sizes = {}
+        for k in range(1, 17):
+            w = min(hi, max(lo, -(-math.ceil(n / (1 + (k - 1) * (1 - overlap))) // multiple) * multiple))
+            step = max(int(w * (1 - overlap)) // multiple * multiple, multiple)  # the largest gap between starts
+            count = 1 if w >= n else max(k, -(-(n - w) // step) + 1)
+            sizes.setdefault(w, count)
+        options.append(sorted(sizes.items()))
+    best = None
+    for combo in itertools.product(*options):
+        size = math.prod(w for w, _ in combo)
+        fits = size <= max_voxels
+        cost = (not fits, math.prod(w * k for w, k in combo) if fits else size)
+        if best is None or cost < best[0]:
+            best = (cost, combo)
+    win = tuple(w for w, _ in best[1])
+    starts = []
+    for n, (w, k) in zip(shape, best[1], strict=True):
+        units = (n - w) // multiple
+        starts.append(sorted({-(-i * units // max(k - 1, 1)) * multiple for i in range(k)}))
+    return win, starts
+
+
 def resolve_device(device: str) -> torch.device:
     """"auto" -> cuda if available else cpu; "cuda" without a GPU raises ValueError."""
     if device == "auto":
@@ -252,16 +292,10 @@ class Predictor:
     def _sliding_window(self, net: UNet3D, x: torch.Tensor) -> torch.Tensor:
         """Mean softmax over overlapping windows of a ``(C, D, H, W)`` input (sizes multiples of the stride),
         in the sub-voxel layout ``(classes, fz*fy*fx, D, H, W)`` of :meth:`UNet3D.forward_blocks`."""
-        m = net.config.multiple
         spatial = x.shape[1:]
-        win = [min(w, n) // m * m or m for w, n in zip(self.config.window, spatial, strict=True)]
-        starts = []
-        for n, w in zip(spatial, win, strict=True):
-            step = max(int(w * (1 - self.config.overlap)), 1)
-            s = list(range(0, max(n - w, 0) + 1, step))
-            if s[-1] + w < n:
-                s.append(n - w)
-            starts.append(s)
+        win, starts = tile_windows(tuple(spatial), net.config.multiple,
+                                   self.config.one_pass_voxels // net.config.sub_voxels, self.config.overlap,
+                                   self.config.min_window, self.config.window)
         prob = torch.zeros((net.config.classes, net.config.sub_voxels, *spatial), device=x.device,
                            dtype=self._prob_dtype)
         count = torch.zeros(spatial, device=x.device, dtype=self._prob_dtype)

@@ -7,6 +7,7 @@ phantoms are coarser than the training ones, but a wrong axis, flip or grid fail
 from __future__ import annotations
 
 import itertools
+import math
 import subprocess
 import sys
 
@@ -225,6 +226,33 @@ def test_dropped_components_become_background_in_the_probabilities():
     assert (resize_probabilities(prob, (24, 24, 24))[17:21, 17:21, 17:21] == 0).all()
 
 
+@pytest.mark.parametrize(("shape", "multiple", "max_voxels", "overlap", "min_size", "cap"), [
+    ((184, 136, 184), 8, 160**3, 0.25, 64, None),
+    ((184, 136, 184), 8, 160**3, 0.25, 64, (128, 128, 128)),
+    ((400, 400, 400), 8, 160**3, 0.25, 64, None),
+    ((200, 512, 512), 8, 160**3, 0.25, 64, None),
+    ((24, 40, 56), 8, 100, 0.25, 8, None),  # nothing fits: the smallest windows
+    ((10, 14, 18), 2, 500, 0.5, 4, None),
+])
+def test_tile_windows_cover_everything_within_the_limits(shape, multiple, max_voxels, overlap, min_size, cap):
+    from predictor.pipeline import tile_windows
+
+    win, starts = tile_windows(shape, multiple, max_voxels, overlap, min_size, cap)
+    covered = np.zeros(shape, bool)
+    for z, y, x in itertools.product(*starts):
+        covered[z:z + win[0], y:y + win[1], x:x + win[2]] = True
+    assert covered.all()
+    for n, w, s in zip(shape, win, starts, strict=True):
+        assert w % multiple == 0 and all(v % multiple == 0 and v + w <= n for v in s)
+        assert w >= min(n, min_size) or math.prod(win) > max_voxels
+    fits = math.prod(win) <= max_voxels
+    assert fits == (shape != (24, 40, 56))
+    if cap:
+        assert all(w <= c for w, c in zip(win, cap, strict=True))
+    if shape == (184, 136, 184) and cap is None:  # 2 slabs: 5.4 M voxels computed, not 8 cubes of 128 (16.8 M)
+        assert math.prod(len(s) for s in starts) * math.prod(win) < 6e6
+
+
 def test_sub_voxel_head_puts_each_logit_where_its_index_says():
     """Block s = (a*fy + b)*fx + e of forward_blocks is output voxel (d*fz + a, h*fy + b, w*fx + e), for every s
     (distinct factors, so a swapped axis or order fails); space_to_depth is the same map for targets;
@@ -256,7 +284,7 @@ def test_sub_voxel_labels_match_the_network_one_pass_and_by_sliding_window():
     logits in one pass, and of the averaged softmax of overlapping windows, each placed at its offset times the
     factors; predict() keeps the input's shape."""
     from predictor.network import UNet3D, UNetConfig
-    from predictor.pipeline import PipelineConfig, pad_to_multiple, with_coords
+    from predictor.pipeline import PipelineConfig, pad_to_multiple, tile_windows, with_coords
 
     torch.manual_seed(0)
     coarse = UNet3D(UNetConfig(classes=2, base=4, levels=2))
@@ -264,7 +292,8 @@ def test_sub_voxel_labels_match_the_network_one_pass_and_by_sliding_window():
     x = torch.randn(10, 14, 17)
     cpu = torch.device("cpu")
     one = Predictor(coarse, fine, PipelineConfig(fine_scales=(1.0,)), cpu)
-    windowed = Predictor(coarse, fine, PipelineConfig(one_pass_voxels=10, window=(4, 6, 8), overlap=0.5), cpu)
+    windowed = Predictor(coarse, fine, PipelineConfig(one_pass_voxels=10, window=(4, 6, 8), min_window=4,
+                                                      overlap=0.5), cpu)
     with torch.inference_mode():
         a, b = one._segment(fine, x), windowed._segment(fine, x)
         pa, pb = one._probabilities(fine, x), windowed._probabilities(fine, x)
@@ -272,12 +301,12 @@ def test_sub_voxel_labels_match_the_network_one_pass_and_by_sliding_window():
         logits = fine(padded[None])[0]
         expected = logits.argmax(0)[:10, :28, :34].to(torch.uint8)
         prob, count = torch.zeros(14, 10, 28, 36), torch.zeros(10, 28, 36)
-        for z in (0, 2, 4, 6):
-            for y in (0, 3, 6, 8):
-                for w in (0, 4, 8, 10):
-                    p = fine(padded[None, :, z:z + 4, y:y + 6, w:w + 8])[0].softmax(0)
-                    prob[:, z:z + 4, 2 * y:2 * y + 12, 2 * w:2 * w + 16] += p
-                    count[z:z + 4, 2 * y:2 * y + 12, 2 * w:2 * w + 16] += 1
+        (a_, b_, c_), starts = tile_windows((10, 14, 18), 2, 10 // 4, 0.5, 4, (4, 6, 8))
+        assert (a_, b_, c_) == (4, 4, 4) and len(starts[1]) > 1  # nothing fits 10 // 4 voxels: the smallest
+        for z, y, w in itertools.product(*starts):
+            p = fine(padded[None, :, z:z + a_, y:y + b_, w:w + c_])[0].softmax(0)
+            prob[:, z:z + a_, 2 * y:2 * y + 2 * b_, 2 * w:2 * w + 2 * c_] += p
+            count[z:z + a_, 2 * y:2 * y + 2 * b_, 2 * w:2 * w + 2 * c_] += 1
         by_window = prob.argmax(0)[:10, :28, :34].to(torch.uint8)
     assert a.shape == (10, 28, 34) and torch.equal(a, expected)
     assert torch.equal(b, by_window) and not torch.equal(by_window, expected)  # the windows really differ
