@@ -9,10 +9,10 @@ stage 1 gives an all-zero map.
 2. Stage 1: resample the whole volume to ``coarse_mm``; the coarse U-Net marks organ voxels; their
    bounding box plus ``margin_mm`` is the ROI.
 3. Stage 2: resample the ROI to ``fine_mm`` (times each of ``fine_scales``, whose probabilities are
-   averaged); the fine U-Net labels the 13 organs (one pass if the ROI
-   has at most ``one_pass_voxels`` voxels, else sliding windows), on the input grid or, with its
-   ``upsample`` factors, on a finer one (e.g. 2 x 1 x 1 mm from a 2 mm input); optionally keep each
-   organ's largest connected component (and those of at least ``keep_fraction`` of its size).
+   averaged); the fine U-Net labels the 13 organs (one pass if the ROI has at most ``one_pass_voxels``
+   voxels, else sliding windows), on the input grid or, with its ``upsample`` factors, on a finer one
+   (e.g. 2 x 1 x 1 mm from a 2 mm input); optionally keep each organ's largest connected component (and
+   those of at least ``keep_fraction`` of its size).
 4. Back onto the ROI of the original grid (zeros outside), then undo step 1: with ``resample="probabilities"``
    (default) each class's probability is resized trilinearly and the largest wins (labels, never a
    ``C``-channel volume of the ROI: see :func:`resize_probabilities`); with ``"nearest"`` the fine labels
@@ -185,13 +185,16 @@ def tile_windows(shape: tuple[int, ...], multiple: int, max_voxels: int, overlap
     that compute the fewest voxels in all (if none fits: the smallest windows); starts are evenly spaced
     multiples of ``multiple`` from 0 to the end, so the windows cover every voxel. E.g. 184 x 136 x 184 under
     160^3 voxels: 2 windows of 184 x 80 x 184 (5.4 M voxels computed) instead of 8 cubes of 128 (16.8 M)."""
+    def up(v: float) -> int:  # the next multiple of ``multiple`` (v itself if it is one)
+        return -(-math.ceil(v) // multiple) * multiple
+
     options = []
     for axis, n in enumerate(shape):
         hi = n if cap is None else max(min(n, cap[axis] // multiple * multiple), multiple)
-        lo = min(-(-min_size // multiple) * multiple, hi)
+        lo = min(up(min_size), hi)
         sizes = {}
         for k in range(1, 17):
-            w = min(hi, max(lo, -(-math.ceil(n / (1 + (k - 1) * (1 - overlap))) // multiple) * multiple))
+            w = min(hi, max(lo, up(n / (1 + (k - 1) * (1 - overlap)))))
             step = max(int(w * (1 - overlap)) // multiple * multiple, multiple)  # the largest gap between starts
             count = 1 if w >= n else max(k, -(-(n - w) // step) + 1)
             sizes.setdefault(w, count)
@@ -315,14 +318,14 @@ class Predictor:
         ``fine_scales``, and their class probabilities (None with ``resample="nearest"``). Several scales:
         each one's probabilities are resized trilinearly onto that grid and averaged."""
         cfg = self.config
-        sizes = [size_for_spacing(tuple(crop.shape), spacing, (cfg.fine_mm * s,) * 3) for s in cfg.fine_scales]
-        if cfg.resample == "nearest" and len(sizes) == 1:
-            return self._segment(self.fine, resize_image(crop, sizes[0]).float()), None
-        prob = self._probabilities(self.fine, resize_image(crop, sizes[0]).float())
-        for size in sizes[1:]:
-            p = self._probabilities(self.fine, resize_image(crop, size).float())
-            prob += F.interpolate(p[None], size=tuple(prob.shape[1:]), mode="trilinear", align_corners=False)[0]
-        prob /= len(sizes)
+        inputs = (resize_image(crop, size_for_spacing(tuple(crop.shape), spacing, (cfg.fine_mm * s,) * 3)).float()
+                  for s in cfg.fine_scales)  # one at a time: each scale's input lives only for its pass
+        if cfg.resample == "nearest" and len(cfg.fine_scales) == 1:
+            return self._segment(self.fine, next(inputs)), None
+        prob = self._probabilities(self.fine, next(inputs))
+        for x in inputs:
+            prob += resize_image(self._probabilities(self.fine, x), tuple(prob.shape[1:]))
+        prob /= len(cfg.fine_scales)
         return prob.argmax(0).to(torch.uint8), prob if cfg.resample == "probabilities" else None
 
     @torch.inference_mode()

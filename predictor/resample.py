@@ -19,10 +19,12 @@ def size_for_spacing(shape: tuple[int, ...], spacing: tuple[float, ...], target_
 
 
 def resize_image(volume: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
-    """Trilinear resize of a float ``(D, H, W)`` tensor to ``size``; same dtype and device."""
-    if tuple(volume.shape) == tuple(size):
+    """Trilinear resize of a float ``(D, H, W)`` tensor, or each channel of a ``(C, D, H, W)`` one, to ``size``;
+    same dtype and device."""
+    if tuple(volume.shape[-3:]) == tuple(size):
         return volume
-    return F.interpolate(volume[None, None], size=size, mode="trilinear", align_corners=False)[0, 0]
+    out = F.interpolate(volume.reshape(1, -1, *volume.shape[-3:]), size=size, mode="trilinear", align_corners=False)
+    return out.reshape(*volume.shape[:-3], *size)
 
 
 def _nearest_index(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:

@@ -66,6 +66,11 @@ def test_resize_labels_keeps_values_and_round_trips():
     assert torch.equal(resize_labels(up, (7, 9, 11)), labels)
     img = torch.rand(5, 6, 7)
     assert resize_image(img, (5, 6, 7)) is img
+    channels = torch.rand(3, 5, 6, 7)  # each channel resized alone, as a (D, H, W) volume would be
+    resized = resize_image(channels, (10, 3, 9))
+    assert resized.shape == (3, 10, 3, 9)
+    for c in range(3):
+        torch.testing.assert_close(resized[c], resize_image(channels[c], (10, 3, 9)))
 
 
 def test_resize_probabilities_is_the_argmax_of_all_classes_resized_at_once():
