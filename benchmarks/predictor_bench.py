@@ -3,7 +3,8 @@
 
 DSC here is this script's own: per organ present in the ground truth, 2|P&G| / (|P|+|G|), then the
 mean over those organs and cases (the evaluator package's scorer is not used).
-Held-out phantoms use --seed 2000 (the shipped weights were trained on --seed 1000 cases).
+Held-out phantoms use --seed 2000 (the shipped weights were trained on --seed 1000 cases); several seeds
+(--seed 2000 3000 4000) give --cases of each and a column per seed.
 ``grid_ceiling`` is what a perfect but certain fine network would score: the true labels taken to the fine
 network's output grid (fine_mm, divided per axis by its ``upsample`` factors) by nearest neighbour and back
 as the pipeline takes its predictions back (``--resample``: nearest-neighbour labels, or one-hot
@@ -13,7 +14,8 @@ Each (fine_mm, fine_scales, resample) setting is one row; the last column is its
 row. ``fine_scales`` (comma-separated factors): stage 2 at fine_mm times each, probabilities averaged.
 
     python benchmarks/predictor_bench.py                      # 3 timing runs, 5 held-out cases, both resamplings
-    python benchmarks/predictor_bench.py --runs 3 --cases 8 --fine-scales 0.95,1.05 1 --resample probabilities nearest
+    python benchmarks/predictor_bench.py --runs 3 --cases 16 --seed 2000 3000 4000 --fine-scales 0.95,1.05 1 \
+        --resample probabilities nearest
 """
 
 from __future__ import annotations
@@ -92,54 +94,72 @@ def main() -> None:
     p.add_argument("--resample", nargs="+", choices=RESAMPLE_MODES, default=list(RESAMPLE_MODES),
                    help="how the fine output goes back to the input grid (default: both, side by side)")
     p.add_argument("--weights", type=Path, default=None)
-    p.add_argument("--seed", type=int, default=2000,
-                   help="phantom seed of the held-out cases (default 2000; the shipped weights trained on 1000)")
+    p.add_argument("--seed", type=int, nargs="+", default=[2000],
+                   help="phantom seeds of the held-out cases, --cases of each (default 2000; the shipped weights "
+                        "trained on 1000)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     base = Predictor.load(args.weights, device="cpu")
     tmp = Path(tempfile.mkdtemp(prefix="predictor_bench_"))
     big = generate_case(seed=2000, index=99, config=PhantomConfig(shape=(512, 512, 100), prefix="Big"))
     image_path, _ = write_case(big, tmp / "big")
-    held = [generate_case(seed=args.seed, index=i, config=PhantomConfig(domain="mixed")) for i in range(args.cases)]
 
-    rows = []
     scale_sets = [tuple(float(v) for v in text.split(",")) for text in args.fine_scales or []]
-    settings = [(f, sc, r) for f in args.fine_mm or [base.config.fine_mm]
+    settings = [replace(base.config, fine_mm=f, fine_scales=sc, resample=r)
+                for f in args.fine_mm or [base.config.fine_mm]
                 for sc in scale_sets or [base.config.fine_scales] for r in args.resample]
-    for fine_mm, scales, resample in settings:
-        model = base
-        model.config = replace(base.config, fine_mm=fine_mm, fine_scales=scales, resample=resample)
-        time_case(model, image_path, tmp / "warmup.nii.gz")  # warm-up: allocator, oneDNN kernels
-        runs = [time_case(model, image_path, tmp / "out.nii.gz") for _ in range(args.runs)]
-        med = {s: statistics.median(r[s] for r in runs) for s in STEPS}
-        dscs, organs, ceiling = [], {}, []
-        for case in held:
-            ceiling.append(grid_ceiling(case.labels, case.geometry.spacing_kji, case.geometry.direction,
-                                        fine_mm * scales[0],
-                                        model.fine.config.upsample, resample))
-            labels, _ = model.predict(case.image, case.geometry.spacing_kji, case.geometry.direction)
-            dsc, per = mean_dsc(case.labels, labels)
-            dscs.append(dsc)
-            for organ, value in per.items():
-                organs.setdefault(organ, []).append(value)
-        rows.append((fine_mm, ",".join(f"{v:g}" for v in scales), resample, med,
-                     float(np.mean(dscs)) if dscs else float("nan"), dscs,
-                     float(np.mean(ceiling)) if ceiling else float("nan")))
-        if organs:
-            print(f"fine {fine_mm:g} mm x {scales}, {resample}, per-organ DSC (mean over the cases that have it): "
-                  + ", ".join(f"{ORGANS[o - 1].short} {np.mean(v):.3f}" for o, v in sorted(organs.items())))
+    times = []
+    for config in settings:
+        base.config = config
+        time_case(base, image_path, tmp / "warmup.nii.gz")  # warm-up: allocator, oneDNN kernels
+        runs = [time_case(base, image_path, tmp / "out.nii.gz") for _ in range(args.runs)]
+        times.append({s: statistics.median(r[s] for r in runs) for s in STEPS})
+    # accuracy: one held-out case at a time (48 of them would not fit in memory together), every setting on it
+    dscs = [{seed: [] for seed in args.seed} for _ in settings]
+    organs: list[dict[int, list[float]]] = [{} for _ in settings]
+    ceilings: list[list[float]] = [[] for _ in settings]
+    for seed in args.seed:
+        for i in range(args.cases):
+            case = generate_case(seed=seed, index=i, config=PhantomConfig(domain="mixed"))
+            for k, config in enumerate(settings):
+                base.config = config
+                ceilings[k].append(grid_ceiling(case.labels, case.geometry.spacing_kji, case.geometry.direction,
+                                                config.fine_mm * config.fine_scales[0], base.fine.config.upsample,
+                                                config.resample))
+                labels, _ = base.predict(case.image, case.geometry.spacing_kji, case.geometry.direction)
+                dsc, per = mean_dsc(case.labels, labels)
+                dscs[k][seed].append(dsc)
+                for organ, value in per.items():
+                    organs[k].setdefault(organ, []).append(value)
+    report(args, settings, times, dscs, organs, ceilings, base.fine.config.upsample)
 
+
+def report(args: argparse.Namespace, settings: list, times: list[dict[str, float]],
+           dscs: list[dict[int, list[float]]], organs: list[dict[int, list[float]]], ceilings: list[list[float]],
+           upsample: tuple[int, int, int]) -> None:
+    for config, per in zip(settings, organs, strict=True):
+        if per:
+            print(f"fine {config.fine_mm:g} mm x {config.fine_scales}, {config.resample}, per-organ DSC (mean over "
+                  "the cases that have it): "
+                  + ", ".join(f"{ORGANS[o - 1].short} {np.mean(v):.3f}" for o, v in sorted(per.items())))
+    seeds = " ".join(map(str, args.seed))
     print(f"\npredictor CPU benchmark: {args.threads} threads, 512x512x100 phantom, median of {args.runs} runs, "
-          f"DSC over {args.cases} held-out phantoms (seed {args.seed}, mixed domains)")
+          f"DSC over {args.cases} held-out phantoms per seed (seeds {seeds}, mixed domains)")
     print("grid_ceiling: mean DSC of the true labels resampled to the fine network's output grid "
-          f"(fine_mm / {'x'.join(map(str, base.fine.config.upsample))}) and back (as the row's resample)")
+          f"(fine_mm / {'x'.join(map(str, upsample))}) and back (as the row's resample)")
+    by_seed = "  ".join(f"seed_{s:<5}" for s in args.seed) if len(args.seed) > 1 else ""
     print("fine_mm  scales     resample       " + "  ".join(f"{s:>8}" for s in STEPS)
-          + "   mean_DSC  min_case_DSC  grid_ceiling  total/first")
-    first = rows[0][3]["total"]
-    for fine_mm, scales, resample, med, dsc, dscs, ceiling in rows:
-        print(f"{fine_mm:7.2f}  {scales:9s}  {resample:13s}  " + "  ".join(f"{med[s]:8.2f}" for s in STEPS)
-              + f"   {dsc:8.4f}  {min(dscs) if dscs else float('nan'):12.4f}  {ceiling:12.4f}"
-              + f"  {med['total'] / first:11.2f}")
+          + f"   mean_DSC  {by_seed}  min_case_DSC  grid_ceiling  total/first")
+    first = times[0]["total"]
+    for config, med, per_seed, ceiling in zip(settings, times, dscs, ceilings, strict=True):
+        every = [v for values in per_seed.values() for v in values]
+        mean = float(np.mean(every)) if every else float("nan")
+        seed_cols = "  ".join(f"{np.mean(v):10.4f}" for v in per_seed.values()) if len(args.seed) > 1 else ""
+        scales = ",".join(f"{v:g}" for v in config.fine_scales)
+        print(f"{config.fine_mm:7.2f}  {scales:9s}  {config.resample:13s}  "
+              + "  ".join(f"{med[s]:8.2f}" for s in STEPS)
+              + f"   {mean:8.4f}  {seed_cols}  {min(every) if every else float('nan'):12.4f}"
+              + f"  {np.mean(ceiling) if ceiling else float('nan'):12.4f}  {med['total'] / first:11.2f}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ same case on the CPU for a ratio. Targets: <= 1.0 s per case, <= 1.5 GiB, cold s
 
     python benchmarks/predictor_gpu_bench.py                  # 10 warm runs
     python benchmarks/predictor_gpu_bench.py --runs 20 --shape 512 512 200 --cpu-threads 8
+    python benchmarks/predictor_gpu_bench.py --device cpu --runs 1 --shape 96 96 48   # smoke run, no GPU
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ from predictor.pipeline import Predictor  # noqa: E402
 
 MIB = 2**20
 IMPORT_S = time.perf_counter() - START  # python + torch + numpy imports: part of a cold start
+
+
+class NoGpu:
+    """Stands in for NvmlPeak in a ``--device cpu`` smoke run: no GPU memory to sample."""
+
+    peak = float("nan")
+
+    def __enter__(self) -> NoGpu:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
 
 
 class NvmlPeak:
@@ -92,25 +105,29 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=2000)
     p.add_argument("--cpu-threads", type=int, default=4, help="threads for the CPU comparison (0 skips it)")
     p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="cpu: a smoke run of this script where there is no GPU (no NVML; GPU figures are nan)")
     args = p.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("predictor_gpu_bench: torch sees no CUDA GPU")
+    gpu = args.device == "cuda"
+    if gpu and not torch.cuda.is_available():
+        sys.exit("predictor_gpu_bench: torch sees no CUDA GPU (--device cpu for a smoke run)")
     case = generate_case(args.seed, 0, PhantomConfig(shape=tuple(args.shape), domain="portal"))
     gen_s = time.perf_counter() - START
     g = case.geometry
 
-    with NvmlPeak() as nvml:
+    with NvmlPeak() if gpu else NoGpu() as nvml:
         clock = time.perf_counter()
-        model = Predictor.load(args.weights, device="cuda")
+        model = Predictor.load(args.weights, device=args.device)
         labels, _ = model.predict(case.image, g.spacing_kji, g.direction)
         cold = IMPORT_S + time.perf_counter() - clock  # imports + CUDA init + model load + first case
-        torch.cuda.reset_peak_memory_stats()
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
         runs = []
         for _ in range(args.runs):
             clock = time.perf_counter()
             labels, t = model.predict(case.image, g.spacing_kji, g.direction)
             runs.append((time.perf_counter() - clock, t))
-        torch_peak = torch.cuda.max_memory_allocated() / MIB
+        torch_peak = torch.cuda.max_memory_allocated() / MIB if gpu else float("nan")
     dsc = mean_dsc(case.labels, labels)
 
     clock = time.perf_counter()
@@ -124,7 +141,7 @@ def main() -> None:
     med = {k: statistics.median(getattr(t, k) for _, t in runs) for k in ("stage1", "stage2", "resample")}
     e2e = statistics.median(s for s, _ in runs)
     cpu_s = float("nan")
-    if args.cpu_threads:
+    if args.cpu_threads and gpu:
         torch.set_num_threads(args.cpu_threads)
         cpu = Predictor.load(args.weights, device="cpu")
         cpu.predict(case.image, g.spacing_kji, g.direction)
@@ -132,7 +149,8 @@ def main() -> None:
         cpu.predict(case.image, g.spacing_kji, g.direction)
         cpu_s = time.perf_counter() - clock
 
-    print(f"\npredictor GPU benchmark on {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
+    where = torch.cuda.get_device_name(0) if gpu else "the CPU (smoke run, not a GPU figure)"
+    print(f"\npredictor GPU benchmark on {where}, torch {torch.__version__}, "
           f"case {'x'.join(map(str, args.shape))} (i j k), fine ROI {'x'.join(map(str, runs[-1][1].roi_fine_shape))}, "
           f"median of {args.runs} warm runs (phantom made in {gen_s:.1f} s)")
     rows = [

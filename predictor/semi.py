@@ -57,7 +57,18 @@ from challenge.files import atomic_write
 from challenge.nifti import NiftiError, read_image, write_label
 
 from .pipeline import Predictor
-from .train import Case, DataError, NetTraining, TrainConfig, export, precompute, train_config, train_net, validate
+from .train import (
+    Case,
+    DataError,
+    NetTraining,
+    TrainConfig,
+    export,
+    fine_data,
+    precompute,
+    train_config,
+    train_net,
+    validate,
+)
 
 log = logging.getLogger("predictor.semi")
 
@@ -197,12 +208,13 @@ def train_model(name: str, cfg: TrainConfig, cases: list[Case], n_labeled: int, 
     ckpt = rdir / "ckpt"
     ckpt.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    fine_pairs, fine_weights = fine_data(cases, weights)
     nets = {
         "coarse": train_net("coarse", [(c.coarse_x, c.coarse_y) for c in cases], cfg.coarse,
                             max(semi.epochs // 3, 1), rng, device, rows, ckpt / f"{name}_coarse.pt", True, weights,
                             init and init / "coarse.pt"),
-        "fine": train_net("fine", [(c.fine_x, c.fine_y) for c in cases], cfg.fine, semi.epochs, rng, device,
-                          rows, ckpt / f"{name}_fine.pt", True, weights, init and init / "fine.pt"),
+        "fine": train_net("fine", fine_pairs, cfg.fine, semi.epochs, rng, device, rows, ckpt / f"{name}_fine.pt",
+                          True, fine_weights, init and init / "fine.pt"),
     }
     staging = rdir / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)

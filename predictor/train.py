@@ -86,12 +86,15 @@ class TrainConfig:
     fine: NetTraining = NetTraining(UNetConfig(classes=NUM_CLASSES, base=16, levels=4, coords=True),
                                     (48, 56, 80), 2, 50, ce_weight_power=0.5)
     roi_margin_mm: float = 15.0  # fine training arrays: organs' box grown by this (= the inference ROI margin)
+    # scale augmentation: each case's fine arrays at fine_mm times each factor, patches drawn from all
+    fine_scale_aug: tuple[float, ...] = (1.0,)
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """The defaults, with the command line's ``--fine-mm``, ``--fine-upsample``, ``--precision`` and
-    ``--ce-weight-power``."""
-    cfg = TrainConfig(pipeline=replace(PipelineConfig(), fine_mm=args.fine_mm))
+    """The defaults, with the command line's ``--fine-mm``, ``--fine-scale-aug``, ``--fine-upsample``,
+    ``--precision`` and ``--ce-weight-power``."""
+    cfg = TrainConfig(pipeline=replace(PipelineConfig(), fine_mm=args.fine_mm),
+                      fine_scale_aug=tuple(args.fine_scale_aug))
     unet = replace(cfg.fine.unet, upsample=tuple(args.fine_upsample))
     return replace(cfg, coarse=replace(cfg.coarse, precision=args.precision),
                    fine=replace(cfg.fine, unet=unet, precision=args.precision, ce_weight_power=args.ce_weight_power))
@@ -153,14 +156,24 @@ def validate(images: Path, labels: Path) -> list[tuple[str, Path, Path]]:
 @dataclass
 class Case:
     """Canonical training arrays: coarse (whole volume, ``(1, D, H, W)``) and fine (organ box,
-    ``(4, D, H, W)`` with coordinate channels), float16 image; uint8 labels ``(D, H, W)``, the fine ones
-    on the fine network's output grid ``(D*fz, H*fy, W*fx)`` (its ``upsample``)."""
+    ``(4, D, H, W)`` with coordinate channels, one (image, labels) pair per ``fine_scale_aug`` spacing),
+    float16 image; uint8 labels ``(D, H, W)``, the fine ones on the fine network's output grid
+    ``(D*fz, H*fy, W*fx)`` (its ``upsample``)."""
 
     name: str
     coarse_x: np.ndarray
     coarse_y: np.ndarray
-    fine_x: np.ndarray
-    fine_y: np.ndarray
+    fine: list[tuple[np.ndarray, np.ndarray]]
+
+
+def fine_data(cases: list[Case], weights: np.ndarray | None = None
+              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray | None]:
+    """The fine network's training pairs, every scale of every case, and each pair's draw probability:
+    a case's weight (None: all cases equally likely) shared among its scales."""
+    data = [pair for c in cases for pair in c.fine]
+    if weights is None:
+        return data, None
+    return data, np.concatenate([np.full(len(c.fine), w / len(c.fine)) for c, w in zip(cases, weights, strict=True)])
 
 
 def precompute(case: str, image_path: Path, label_path: Path, cfg: TrainConfig) -> Case:
@@ -181,33 +194,50 @@ def precompute(case: str, image_path: Path, label_path: Path, cfg: TrainConfig) 
     lo = [max(int(nz[:, a].min() - cfg.roi_margin_mm / spacing[a]), 0) for a in range(3)]
     hi = [min(int(nz[:, a].max() + 1 + cfg.roi_margin_mm / spacing[a]), x.shape[a]) for a in range(3)]
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    fine_size = size_for_spacing(tuple(x[box].shape), spacing, (p.fine_mm,) * 3)
-    label_size = upsampled_shape(fine_size, cfg.fine.unet.upsample)
-    fine_x, fine_y = resize_image(x[box].contiguous(), fine_size), resize_labels(y[box].contiguous(), label_size)
-    return Case(case, coarse_x[None].half().numpy(), coarse_y.numpy(), with_coords(fine_x).half().numpy(),
-                fine_y.numpy())
+    x_box, y_box = x[box].contiguous(), y[box].contiguous()
+    fine = []
+    for scale in cfg.fine_scale_aug:
+        fine_size = size_for_spacing(tuple(x_box.shape), spacing, (p.fine_mm * scale,) * 3)
+        label_size = upsampled_shape(fine_size, cfg.fine.unet.upsample)
+        fine.append((with_coords(resize_image(x_box, fine_size)).half().numpy(),
+                     resize_labels(y_box, label_size).numpy()))
+    return Case(case, coarse_x[None].half().numpy(), coarse_y.numpy(), fine)
+
+
+def organ_voxels(y: np.ndarray) -> dict[int, np.ndarray]:
+    """Each organ present in ``y``: the flat (C-order) indices of its voxels, ascending, as int32 (or int64
+    for volumes past 2**31 voxels). Computed once per training array, so drawing a patch does not scan the
+    whole label volume."""
+    flat = y.ravel()
+    foreground = np.flatnonzero(flat).astype(np.int32 if flat.size < 2**31 else np.int64)
+    order = foreground[np.argsort(flat[foreground], kind="stable")]  # by organ, ascending within each
+    ends = np.cumsum(np.bincount(flat[foreground], minlength=NUM_CLASSES))
+    return {organ: order[ends[organ - 1]:ends[organ]] for organ in range(1, len(ends)) if ends[organ] > ends[organ - 1]}
 
 
 def sample_patch(x: np.ndarray, y: np.ndarray, patch: tuple[int, int, int], fg_fraction: float,
-                 rng: np.random.Generator, upsample: tuple[int, int, int] = (1, 1, 1)
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 rng: np.random.Generator, upsample: tuple[int, int, int] = (1, 1, 1),
+                 organs: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A ``patch``-sized crop of ``x`` ``(C, D, H, W)`` and the matching crop of ``y`` ``(D*fz, H*fy, W*fx)``
     (``upsample`` = (fz, fy, fx): labels on a finer grid), padded with -1 / background where the volume is
     smaller. With probability ``fg_fraction`` it is centred on a voxel of an organ drawn uniformly among
-    the organs present (class-balanced), otherwise placed uniformly at random."""
+    the organs present (class-balanced), otherwise placed uniformly at random. ``organs``: ``organ_voxels(y)``,
+    computed here when not given."""
     if tuple(y.shape) != upsampled_shape(x.shape[1:], upsample):
         raise ValueError(f"labels {y.shape} are not the image {x.shape[1:]} times upsample {upsample}")
+    if organs is None:
+        organs = organ_voxels(y)
+    label_shape = y.shape
     pads = [(0, max(p - n, 0)) for p, n in zip(patch, x.shape[1:], strict=True)]
     if any(b for _, b in pads):
         x = np.pad(x, [(0, 0), *pads], constant_values=-1.0)
         y = np.pad(y, [(0, b * f) for (_, b), f in zip(pads, upsample, strict=True)])
-    counts = np.bincount(y.ravel(), minlength=NUM_CLASSES)[1:]
-    if rng.random() < fg_fraction and counts.any():
+    present = sorted(organs)
+    if rng.random() < fg_fraction and present:
         # class-balanced: an organ drawn uniformly among those present, then one of its voxels, so that
         # the adrenals (~0.1 % of the foreground) are centred as often as the liver
-        organ = 1 + int(rng.choice(np.flatnonzero(counts)))
-        fg = np.argwhere(y == organ)
-        centre = fg[rng.integers(len(fg))] // np.asarray(upsample)
+        voxels = organs[present[int(rng.integers(len(present)))]]
+        centre = np.unravel_index(voxels[rng.integers(len(voxels))], label_shape) // np.asarray(upsample)
         start = [int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, patch, x.shape[1:], strict=True)]
     else:
         start = [int(rng.integers(0, n - p + 1)) for p, n in zip(patch, x.shape[1:], strict=True)]
@@ -252,12 +282,13 @@ def augment_intensity(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x, -1, 1, out=x)
 
 
-def _batch(data: list[tuple[np.ndarray, np.ndarray]], spec: NetTraining, rng: np.random.Generator,
-           weights: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(data: list[tuple[np.ndarray, np.ndarray]], organs: list[dict[int, np.ndarray]], spec: NetTraining,
+           rng: np.random.Generator, weights: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for _ in range(spec.batch):
-        x, y = data[rng.integers(len(data)) if weights is None else rng.choice(len(data), p=weights)]
-        px, py = sample_patch(x, y, spec.patch, spec.foreground_fraction, rng, spec.unet.upsample)
+        i = rng.integers(len(data)) if weights is None else rng.choice(len(data), p=weights)
+        x, y = data[i]
+        px, py = sample_patch(x, y, spec.patch, spec.foreground_fraction, rng, spec.unet.upsample, organs[i])
         px = px.astype(np.float32)
         px[0] = augment_intensity(px[0], rng)  # channel 0 is intensity; the rest are coordinates
         xs.append(px)
@@ -359,7 +390,8 @@ def train_net(name: str, data: list[tuple[np.ndarray, np.ndarray]], spec: NetTra
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=first, desc=name, unit="step", leave=False)
-    batches = _Prefetch(lambda: _batch(data, spec, rng, weights), rng, total - first)
+    organs = [organ_voxels(y) for _, y in data]
+    batches = _Prefetch(lambda: _batch(data, organs, spec, rng, weights), rng, total - first)
     try:
         _train_steps(net, opt, sched, numerics, batches, range(first, total), name, spec, device, clock,
                      log_rows, own_rows, checkpoint, bar)
@@ -466,6 +498,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fine-mm", type=float, default=PipelineConfig.fine_mm,
                    help="isotropic spacing (mm) of the fine stage, in training and in the exported config "
                         f"(default {PipelineConfig.fine_mm:g}; 3 suits ~3 mm scans)")
+    p.add_argument("--fine-scale-aug", type=float, nargs="+", default=TrainConfig.fine_scale_aug, metavar="S",
+                   help="scale augmentation: the fine network trains on each case resampled to --fine-mm times "
+                        "each S (e.g. 0.9 1 1.1), patches drawn from all (default: 1, none)")
     p.add_argument("--fine-upsample", type=int, nargs=3, default=TrainConfig.fine.unet.upsample,
                    metavar=("FZ", "FY", "FX"),
                    help="fine network: output sub-voxels per input voxel along S-I, A-P, R-L, so labels come "
@@ -495,6 +530,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--ce-weight-power must be >= 0")
     if not 0.5 <= args.fine_mm <= 8.0:
         p.error("--fine-mm must be in [0.5, 8] mm")
+    if not all(0.5 <= f <= 2.0 for f in args.fine_scale_aug):
+        p.error("--fine-scale-aug factors must be in [0.5, 2]")
     if not all(1 <= f <= 4 for f in args.fine_upsample):
         p.error("--fine-upsample factors must be in 1..4")
     if args.unlabeled is not None:
@@ -538,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     nets = {
         "coarse": train_net("coarse", [(c.coarse_x, c.coarse_y) for c in cases], cfg.coarse,
                             max(args.epochs // 3, 1), rng, device, rows),
-        "fine": train_net("fine", [(c.fine_x, c.fine_y) for c in cases], cfg.fine, args.epochs, rng, device, rows),
+        "fine": train_net("fine", fine_data(cases)[0], cfg.fine, args.epochs, rng, device, rows),
     }
     meta = {"command": " ".join(["python -m predictor.train", *(argv if argv is not None else sys.argv[1:])]),
             "cases": len(cases), "epochs": args.epochs, "seed": args.seed, "device": str(device),

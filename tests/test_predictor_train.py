@@ -82,6 +82,23 @@ def test_patches_are_class_balanced():
     assert 150 < hits < 250
 
 
+def test_organ_voxel_index_is_each_organs_voxels_and_draws_the_same_patches():
+    from predictor.train import organ_voxels, sample_patch
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 6, (9, 11, 13)).astype(np.uint8)
+    y[y == 3] = 0  # an absent organ has no entry
+    organs = organ_voxels(y)
+    assert sorted(organs) == [1, 2, 4, 5]
+    for organ, voxels in organs.items():
+        np.testing.assert_array_equal(voxels, np.flatnonzero(y == organ))
+    x = rng.random((1, *y.shape)).astype(np.float32)
+    a, b = np.random.default_rng(2), np.random.default_rng(2)
+    for _ in range(20):
+        pa, pb = sample_patch(x, y, (4, 12, 6), 0.8, a), sample_patch(x, y, (4, 12, 6), 0.8, b, organs=organs)
+        assert all(np.array_equal(u, v) for u, v in zip(pa, pb, strict=True))
+
+
 def test_patches_with_sub_voxel_labels_stay_aligned_with_their_image():
     """upsample (1, 2, 2): each image voxel's label block comes with it, also where the volume is padded."""
     from predictor.train import sample_patch
@@ -221,3 +238,30 @@ def test_ce_weight_power_reaches_the_fine_network_and_rejects_negatives(data, tm
         parse_args([*base, "--fine-upsample", "1", "0", "2"])
     proc = _train(data, tmp_path / "run", "--ce-weight-power", "-1")
     assert proc.returncode == 2 and "--ce-weight-power" in proc.stderr
+
+
+def test_scale_augmentation_precomputes_each_spacing_and_shares_case_weights(data):
+    from predictor.train import TrainConfig, fine_data, parse_args, precompute, train_config
+
+    base = ["--images", "i", "--labels", "l", "--out", "o"]
+    assert train_config(parse_args(base)).fine_scale_aug == (1.0,)
+    cfg = train_config(parse_args([*base, "--fine-scale-aug", "0.8", "1", "1.25"]))
+    assert cfg.fine_scale_aug == (0.8, 1.0, 1.25)
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--fine-scale-aug", "3"])
+    image, label = data / "images" / "Phantom_0001_0000.nii.gz", data / "labels" / "Phantom_0001.nii.gz"
+    case = precompute("Phantom_0001", image, label, cfg)
+    plain = precompute("Phantom_0001", image, label, TrainConfig())
+    assert len(case.fine) == 3 and len(plain.fine) == 1
+    sizes = [np.array(x.shape[1:]) for x, _ in case.fine]
+    # finer spacing, more voxels: 0.8 x 2 mm has 1.25 times the voxels per axis of 2 mm
+    assert np.all(sizes[0] > sizes[1]) and np.all(sizes[1] > sizes[2])
+    assert np.abs(sizes[0] / sizes[1] - 1.25).max() < 0.1
+    np.testing.assert_array_equal(case.fine[1][0], plain.fine[0][0])  # the factor-1 arrays are the plain ones
+    for x, y in case.fine:
+        assert x.shape[0] == 4 and y.shape == x.shape[1:]
+        assert set(np.unique(y)) == set(np.unique(plain.fine[0][1]))  # every organ survives each scale
+    pairs, weights = fine_data([case, plain], np.array([0.4, 0.6]))
+    assert len(pairs) == 4
+    np.testing.assert_allclose(weights, [0.4 / 3] * 3 + [0.6])
+    assert fine_data([case, plain])[1] is None
