@@ -1,7 +1,7 @@
 """Drawing one fine training patch (``predictor.train.sample_patch``): with each organ's voxel indices computed
 once per training array (``organ_voxels``, what the trainer does) against scanning the whole label volume
 at every draw (``organs=None``), side by side on the same arrays and the same random draws (the patches are
-identical, checked here), median of --runs.
+identical, checked here array by array), median of --runs.
 
 The arrays are the trainer's own: phantoms like the shipped weights' training set (192x192x96, mixed
 domains, seed 1000) precomputed by ``predictor.train.precompute`` (organ box at 2 mm).
@@ -15,7 +15,7 @@ import argparse
 import statistics
 import tempfile
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -23,17 +23,24 @@ import torch
 from phantoms.generate import PhantomConfig, generate_case, write_case
 from predictor.train import TrainConfig, organ_voxels, precompute, sample_patch
 
+Pair = tuple[np.ndarray, np.ndarray]
 
-def time_draws(data: list, organs: list | None, draws: int, seed: int) -> tuple[float, list]:
-    """Seconds per draw of ``draws`` patches, and each patch's label sum (to check both ways drew the same)."""
-    spec, rng, seen = TrainConfig().fine, np.random.default_rng(seed), []
-    clock = time.perf_counter()
+
+def draw(data: list[Pair], organs: list[dict[int, np.ndarray]] | None, draws: int, seed: int) -> Iterator[Pair]:
+    """``draws`` patches as the trainer draws them (a random pair, then a patch of it), from the rng ``seed``;
+    ``organs`` None: each draw scans the label volume."""
+    spec, rng = TrainConfig().fine, np.random.default_rng(seed)
     for _ in range(draws):
         i = int(rng.integers(len(data)))
-        x, y = sample_patch(*data[i], spec.patch, spec.foreground_fraction, rng, spec.unet.upsample,
-                            None if organs is None else organs[i])
-        seen.append(int(y.sum()))
-    return (time.perf_counter() - clock) / draws, seen
+        yield sample_patch(*data[i], spec.patch, spec.foreground_fraction, rng, spec.unet.upsample,
+                           None if organs is None else organs[i])
+
+
+def seconds_per_draw(data: list[Pair], organs: list[dict[int, np.ndarray]] | None, draws: int, seed: int) -> float:
+    clock = time.perf_counter()
+    for _ in draw(data, organs, draws, seed):
+        pass
+    return (time.perf_counter() - clock) / draws
 
 
 def main() -> None:
@@ -43,25 +50,24 @@ def main() -> None:
     p.add_argument("--draws", type=int, default=200, help="patches per run")
     args = p.parse_args()
     torch.set_num_threads(1)  # the trainer draws batches in one background thread
-    cfg, tmp = TrainConfig(), Path(tempfile.mkdtemp(prefix="patch_bench_"))
-    data = []
-    for i in range(args.cases):
-        case = generate_case(seed=1000, index=i, config=PhantomConfig(shape=(192, 192, 96), domain="mixed"))
-        image, label = write_case(case, tmp)
-        data += precompute(case.case, image, label, cfg).fine
+    cfg, data = TrainConfig(), []
+    with tempfile.TemporaryDirectory(prefix="patch_bench_") as tmp:
+        for i in range(args.cases):
+            case = generate_case(seed=1000, index=i, config=PhantomConfig(shape=(192, 192, 96), domain="mixed"))
+            image, label = write_case(case, tmp)
+            data += precompute(case.case, image, label, cfg).fine
     clock = time.perf_counter()
     organs = [organ_voxels(y) for _, y in data]
     index_s = (time.perf_counter() - clock) / len(data)
+    for (xa, ya), (xb, yb) in zip(draw(data, None, args.draws, 0), draw(data, organs, args.draws, 0), strict=True):
+        if not (np.array_equal(xa, xb) and np.array_equal(ya, yb)):
+            raise SystemExit("the two ways drew different patches")
     scan, indexed = [], []
     for run in range(args.runs):
-        s_scan, a = time_draws(data, None, args.draws, run)
-        s_index, b = time_draws(data, organs, args.draws, run)
-        if a != b:
-            raise SystemExit("the two ways drew different patches")
-        scan.append(s_scan)
-        indexed.append(s_index)
+        scan.append(seconds_per_draw(data, None, args.draws, run))
+        indexed.append(seconds_per_draw(data, organs, args.draws, run))
     print(f"\nfine patch draw, {args.cases} phantoms at 2 mm (label arrays {[y.shape for _, y in data]}), "
-          f"median of {args.runs} runs of {args.draws} draws, 1 thread")
+          f"median of {args.runs} runs of {args.draws} draws, 1 thread; the same {args.draws} patches both ways")
     print(f"organ index, once per array: {index_s * 1e3:.1f} ms")
     print(f"{'way':24s} {'ms/patch':>9s}  ratio")
     for name, values in (("scan labels each draw", scan), ("organ index (trainer)", indexed)):

@@ -24,7 +24,7 @@ import argparse
 import statistics
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from challenge.nifti import read_image, write_label
 from phantoms.generate import PhantomConfig, generate_case, write_case
 from predictor.network import upsampled_shape
 from predictor.orientation import Reorientation
-from predictor.pipeline import RESAMPLE_MODES, Predictor
+from predictor.pipeline import RESAMPLE_MODES, PipelineConfig, Predictor
 from predictor.resample import resize_labels, resize_probabilities, size_for_spacing
 
 STEPS = ("read", "stage1", "stage2", "resample", "write", "total")
@@ -98,68 +98,97 @@ def main() -> None:
                    help="phantom seeds of the held-out cases, --cases of each (default 2000; the shipped weights "
                         "trained on 1000)")
     args = p.parse_args()
+    if len(set(args.seed)) != len(args.seed):
+        p.error("--seed: each seed once")
     torch.set_num_threads(args.threads)
-    base = Predictor.load(args.weights, device="cpu")
-    tmp = Path(tempfile.mkdtemp(prefix="predictor_bench_"))
+    model = Predictor.load(args.weights, device="cpu")
+    scale_sets = [tuple(float(v) for v in text.split(",")) for text in args.fine_scales or []]
+    settings = [replace(model.config, fine_mm=f, fine_scales=sc, resample=r)
+                for f in args.fine_mm or [model.config.fine_mm]
+                for sc in scale_sets or [model.config.fine_scales] for r in args.resample]
+    with tempfile.TemporaryDirectory(prefix="predictor_bench_") as tmp:
+        times = time_settings(model, settings, Path(tmp), args.runs)
+    scores = score_settings(model, settings, args.seed, args.cases)
+    report(args, settings, times, scores, model.fine.config.upsample)
+
+
+def time_settings(model: Predictor, settings: list[PipelineConfig], tmp: Path, runs: int) -> list[dict[str, float]]:
+    """Median seconds per step (STEPS) of each setting on one 512x512x100 phantom written under ``tmp``,
+    after one warm-up case (allocator, oneDNN kernels)."""
     big = generate_case(seed=2000, index=99, config=PhantomConfig(shape=(512, 512, 100), prefix="Big"))
     image_path, _ = write_case(big, tmp / "big")
-
-    scale_sets = [tuple(float(v) for v in text.split(",")) for text in args.fine_scales or []]
-    settings = [replace(base.config, fine_mm=f, fine_scales=sc, resample=r)
-                for f in args.fine_mm or [base.config.fine_mm]
-                for sc in scale_sets or [base.config.fine_scales] for r in args.resample]
     times = []
     for config in settings:
-        base.config = config
-        time_case(base, image_path, tmp / "warmup.nii.gz")  # warm-up: allocator, oneDNN kernels
-        runs = [time_case(base, image_path, tmp / "out.nii.gz") for _ in range(args.runs)]
-        times.append({s: statistics.median(r[s] for r in runs) for s in STEPS})
-    # accuracy: one held-out case at a time (48 of them would not fit in memory together), every setting on it
-    dscs = [{seed: [] for seed in args.seed} for _ in settings]
-    organs: list[dict[int, list[float]]] = [{} for _ in settings]
-    ceilings: list[list[float]] = [[] for _ in settings]
-    for seed in args.seed:
-        for i in range(args.cases):
+        model.config = config
+        time_case(model, image_path, tmp / "warmup.nii.gz")
+        measured = [time_case(model, image_path, tmp / "out.nii.gz") for _ in range(runs)]
+        times.append({s: statistics.median(r[s] for r in measured) for s in STEPS})
+    return times
+
+
+@dataclass
+class Scores:
+    """One setting's accuracy: mean DSC per case by seed, DSC per organ over the cases that have it, and
+    the grid ceiling per case."""
+
+    by_seed: dict[int, list[float]]
+    organs: dict[int, list[float]] = field(default_factory=dict)
+    ceilings: list[float] = field(default_factory=list)
+
+
+def score_settings(model: Predictor, settings: list[PipelineConfig], seeds: list[int], cases: int) -> list[Scores]:
+    """Every setting on ``cases`` held-out phantoms of each seed, generated one at a time (48 at 512x512 would
+    not fit in memory together). The grid ceiling depends only on the output grid and the resample mode, so
+    it is computed once per case for each of those."""
+    scores = [Scores({seed: [] for seed in seeds}) for _ in settings]
+    upsample = model.fine.config.upsample
+    for seed in seeds:
+        for i in range(cases):
             case = generate_case(seed=seed, index=i, config=PhantomConfig(domain="mixed"))
-            for k, config in enumerate(settings):
-                base.config = config
-                ceilings[k].append(grid_ceiling(case.labels, case.geometry.spacing_kji, case.geometry.direction,
-                                                config.fine_mm * config.fine_scales[0], base.fine.config.upsample,
-                                                config.resample))
-                labels, _ = base.predict(case.image, case.geometry.spacing_kji, case.geometry.direction)
+            g = case.geometry
+            ceiling: dict[tuple[float, str], float] = {}
+            for config, score in zip(settings, scores, strict=True):
+                key = (config.fine_mm * config.fine_scales[0], config.resample)
+                if key not in ceiling:
+                    ceiling[key] = grid_ceiling(case.labels, g.spacing_kji, g.direction, key[0], upsample, key[1])
+                score.ceilings.append(ceiling[key])
+                model.config = config
+                labels, _ = model.predict(case.image, g.spacing_kji, g.direction)
                 dsc, per = mean_dsc(case.labels, labels)
-                dscs[k][seed].append(dsc)
+                score.by_seed[seed].append(dsc)
                 for organ, value in per.items():
-                    organs[k].setdefault(organ, []).append(value)
-    report(args, settings, times, dscs, organs, ceilings, base.fine.config.upsample)
+                    score.organs.setdefault(organ, []).append(value)
+    return scores
 
 
-def report(args: argparse.Namespace, settings: list, times: list[dict[str, float]],
-           dscs: list[dict[int, list[float]]], organs: list[dict[int, list[float]]], ceilings: list[list[float]],
-           upsample: tuple[int, int, int]) -> None:
-    for config, per in zip(settings, organs, strict=True):
-        if per:
+def report(args: argparse.Namespace, settings: list[PipelineConfig], times: list[dict[str, float]],
+           scores: list[Scores], upsample: tuple[int, int, int]) -> None:
+    """Per-organ lines, then one row per setting: step times, mean DSC (overall and per seed when there are
+    several), the worst case, the grid ceiling, and the total time relative to the first row."""
+    for config, score in zip(settings, scores, strict=True):
+        if score.organs:
             print(f"fine {config.fine_mm:g} mm x {config.fine_scales}, {config.resample}, per-organ DSC (mean over "
                   "the cases that have it): "
-                  + ", ".join(f"{ORGANS[o - 1].short} {np.mean(v):.3f}" for o, v in sorted(per.items())))
+                  + ", ".join(f"{ORGANS[o - 1].short} {np.mean(v):.3f}" for o, v in sorted(score.organs.items())))
     seeds = " ".join(map(str, args.seed))
     print(f"\npredictor CPU benchmark: {args.threads} threads, 512x512x100 phantom, median of {args.runs} runs, "
           f"DSC over {args.cases} held-out phantoms per seed (seeds {seeds}, mixed domains)")
     print("grid_ceiling: mean DSC of the true labels resampled to the fine network's output grid "
           f"(fine_mm / {'x'.join(map(str, upsample))}) and back (as the row's resample)")
-    by_seed = "  ".join(f"seed_{s:<5}" for s in args.seed) if len(args.seed) > 1 else ""
+    several = len(args.seed) > 1
+    by_seed = "  ".join(f"seed_{s:<5}" for s in args.seed) if several else ""
     print("fine_mm  scales     resample       " + "  ".join(f"{s:>8}" for s in STEPS)
           + f"   mean_DSC  {by_seed}  min_case_DSC  grid_ceiling  total/first")
     first = times[0]["total"]
-    for config, med, per_seed, ceiling in zip(settings, times, dscs, ceilings, strict=True):
-        every = [v for values in per_seed.values() for v in values]
-        mean = float(np.mean(every)) if every else float("nan")
-        seed_cols = "  ".join(f"{np.mean(v):10.4f}" for v in per_seed.values()) if len(args.seed) > 1 else ""
+    nan = float("nan")
+    for config, med, score in zip(settings, times, scores, strict=True):
+        every = [v for values in score.by_seed.values() for v in values]
+        seed_cols = "  ".join(f"{np.mean(v):10.4f}" for v in score.by_seed.values()) if several else ""
         scales = ",".join(f"{v:g}" for v in config.fine_scales)
         print(f"{config.fine_mm:7.2f}  {scales:9s}  {config.resample:13s}  "
               + "  ".join(f"{med[s]:8.2f}" for s in STEPS)
-              + f"   {mean:8.4f}  {seed_cols}  {min(every) if every else float('nan'):12.4f}"
-              + f"  {np.mean(ceiling) if ceiling else float('nan'):12.4f}  {med['total'] / first:11.2f}")
+              + f"   {np.mean(every) if every else nan:8.4f}  {seed_cols}  {min(every) if every else nan:12.4f}"
+              + f"  {np.mean(score.ceilings) if score.ceilings else nan:12.4f}  {med['total'] / first:11.2f}")
 
 
 if __name__ == "__main__":

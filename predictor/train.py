@@ -207,7 +207,8 @@ def precompute(case: str, image_path: Path, label_path: Path, cfg: TrainConfig) 
 def organ_voxels(y: np.ndarray) -> dict[int, np.ndarray]:
     """Each organ present in ``y``: the flat (C-order) indices of its voxels, ascending, as int32 (or int64
     for volumes past 2**31 voxels). Computed once per training array, so drawing a patch does not scan the
-    whole label volume."""
+    whole label volume. Memory: 4 bytes per organ voxel, more than the uint8 labels where organs fill over
+    a quarter of the array."""
     flat = y.ravel()
     foreground = np.flatnonzero(flat).astype(np.int32 if flat.size < 2**31 else np.int64)
     order = foreground[np.argsort(flat[foreground], kind="stable")]  # by organ, ascending within each
@@ -351,7 +352,8 @@ def train_net(name: str, data: list[tuple[np.ndarray, np.ndarray]], spec: NetTra
               init: Path | None = None) -> UNet3D:
     """Train one network for ``epochs`` epochs of ``spec.steps_per_epoch`` steps.
 
-    ``weights``: probability of drawing each case of ``data`` for a patch (None: all equally likely).
+    ``weights``: probability of drawing each (image, labels) pair of ``data`` for a patch (None: all equally
+    likely); with scale augmentation a case has one pair per scale (``fine_data``).
     ``init``: an exported state dict (e.g. the previous round's ``fine.pt``) to start from instead of a
     random initialisation; a checkpoint, when resuming, takes precedence.
 
@@ -530,8 +532,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--ce-weight-power must be >= 0")
     if not 0.5 <= args.fine_mm <= 8.0:
         p.error("--fine-mm must be in [0.5, 8] mm")
-    if not all(0.5 <= f <= 2.0 for f in args.fine_scale_aug):
-        p.error("--fine-scale-aug factors must be in [0.5, 2]")
+    if not all(0.5 <= f <= 2.0 and 0.5 <= f * args.fine_mm <= 8.0 for f in args.fine_scale_aug):
+        p.error("--fine-scale-aug factors must be in [0.5, 2], and --fine-mm times each in [0.5, 8] mm")
+    if len(set(args.fine_scale_aug)) != len(args.fine_scale_aug):
+        p.error("--fine-scale-aug: each factor once")
     if not all(1 <= f <= 4 for f in args.fine_upsample):
         p.error("--fine-upsample factors must be in 1..4")
     if args.unlabeled is not None:

@@ -247,8 +247,9 @@ def test_scale_augmentation_precomputes_each_spacing_and_shares_case_weights(dat
     assert train_config(parse_args(base)).fine_scale_aug == (1.0,)
     cfg = train_config(parse_args([*base, "--fine-scale-aug", "0.8", "1", "1.25"]))
     assert cfg.fine_scale_aug == (0.8, 1.0, 1.25)
-    with pytest.raises(SystemExit):
-        parse_args([*base, "--fine-scale-aug", "3"])
+    for bad in (["3"], ["1", "1"], ["0.5", "--fine-mm", "0.6"]):
+        with pytest.raises(SystemExit):
+            parse_args([*base, "--fine-scale-aug", *bad])
     image, label = data / "images" / "Phantom_0001_0000.nii.gz", data / "labels" / "Phantom_0001.nii.gz"
     case = precompute("Phantom_0001", image, label, cfg)
     plain = precompute("Phantom_0001", image, label, TrainConfig())
