@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from challenge.labels import ORGANS
+from challenge.labels import NUM_CLASSES, ORGANS
 from challenge.nifti import read_image, write_label
 from phantoms.generate import PhantomConfig, generate_case, write_case
 from predictor.network import upsampled_shape
@@ -63,7 +63,7 @@ def grid_ceiling(labels: np.ndarray, spacing_kji: tuple[float, ...], direction: 
     if resample == "nearest":
         back = resize_labels(small, tuple(y.shape))
     else:
-        one_hot = torch.nn.functional.one_hot(small.long(), len(ORGANS) + 1).permute(3, 0, 1, 2).float()
+        one_hot = torch.nn.functional.one_hot(small.long(), NUM_CLASSES).permute(3, 0, 1, 2).float()
         back = resize_probabilities(one_hot, tuple(y.shape))
     return mean_dsc(labels, reo.inverse(back).numpy())[0]
 

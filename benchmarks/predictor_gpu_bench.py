@@ -48,18 +48,6 @@ MIB = 2**20
 IMPORT_S = time.perf_counter() - START  # python + torch + numpy imports: part of a cold start
 
 
-class NoGpu:
-    """Stands in for NvmlPeak in a ``--device cpu`` smoke run: no GPU memory to sample."""
-
-    peak = float("nan")
-
-    def __enter__(self) -> NoGpu:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
 class NvmlPeak:
     """Peak GPU memory (MiB) that NVML attributes to this process, sampled in a thread."""
 
@@ -115,7 +103,9 @@ def main() -> None:
     gen_s = time.perf_counter() - START
     g = case.geometry
 
-    with NvmlPeak() if gpu else NoGpu() as nvml:
+    # a --device cpu smoke run has no GPU memory to sample: a stand-in whose peak is nan
+    no_gpu = contextlib.nullcontext(types.SimpleNamespace(peak=float("nan")))
+    with NvmlPeak() if gpu else no_gpu as nvml:
         clock = time.perf_counter()
         model = Predictor.load(args.weights, device=args.device)
         labels, _ = model.predict(case.image, g.spacing_kji, g.direction)
