@@ -8,19 +8,24 @@ TEAM ?= baseline
 DEMO ?= out/demo
 PYTEST_ARGS ?=
 
-.PHONY: help install engine base image submission test test-fast lint demo clean phantoms challenge
+.PHONY: help setup install engine base image submission test test-fast lint typecheck demo clean phantoms challenge
 
 help:
+	@echo "make setup       everything the demo and tests need (root, Debian/Ubuntu): packages, engine, base image"
 	@echo "make install     pip-install the harness with CPU torch and test extras"
 	@echo "make engine      install/start a Docker engine (docker/engine.sh)"
 	@echo "make base        build the local offline base image $(BASE_IMAGE)"
 	@echo "make image       build the predictor image IMAGE=$(IMAGE) (builds the base if missing)"
 	@echo "make submission  save the predictor image as TEAM.tar.gz holding TEAM:latest (TEAM=$(TEAM))"
 	@echo "make phantoms    10 synthetic CT cases with labels in data/phantoms"
-	@echo "make challenge   TEAMS=DIR_OF_ARCHIVES CASES=IMAGES_DIR GT=LABELS_DIR OUT=DIR: the organizer's whole chain"
+	@echo "make challenge   TEAMS=DIR_OF_ARCHIVES IMAGES=IMAGES_DIR LABELS=LABELS_DIR OUT=DIR: the organizer's whole chain"
 	@echo "make demo        main job on built-in sample data: phantoms -> image -> monitored run -> scores"
 	@echo "make test        the whole test suite (Docker tests need the engine; GPU tests skip without a GPU)"
 	@echo "make lint        ruff"
+	@echo "make typecheck   mypy on every package (configured in pyproject.toml)"
+
+setup:
+	PYTHON=$(PYTHON) BASE_IMAGE=$(BASE_IMAGE) bash docker/setup.sh
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
@@ -45,13 +50,16 @@ test-fast:
 	$(PYTHON) -m pytest -m "not docker and not slow" $(PYTEST_ARGS)
 
 phantoms:
-	$(PYTHON) -m phantoms --out data/phantoms --cases 10 --seed 0
+	$(PYTHON) -m phantoms --out data/phantoms --count 10 --seed 0
 
 lint:
 	$(PYTHON) -m ruff check .
 
+typecheck:
+	$(PYTHON) -m mypy
+
 challenge:
-	$(PYTHON) -m organizer challenge --teams $(TEAMS) --cases $(CASES) --gt $(GT) --out $(OUT)
+	$(PYTHON) -m organizer challenge --teams $(TEAMS) --images $(IMAGES) --labels $(LABELS) --out $(OUT)
 
 demo:
 	bash docker/demo.sh $(DEMO)

@@ -29,9 +29,9 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
+from challenge.results import read_table
 from resource_monitor.efficiency import official_cpu_percent
 from resource_monitor.monitor import run_team
-from resource_monitor.records import read_efficiency
 from resource_monitor.sampling import Sampler
 from resource_monitor.settings import RunSettings
 
@@ -63,8 +63,9 @@ def one_run(settings: RunSettings, busy_s: float) -> tuple[float, ...]:
     load average) of one run."""
     load = os.getloadavg()[0]
     base = baseline_percent(2.0, settings.interval_s)
-    team_dir = run_team(settings)
-    flare = read_efficiency(team_dir).iloc[0]
+    team = run_team(settings).team
+    team_dir = team.path
+    flare = read_table(team.efficiency_csv).iloc[0]
     accurate = pd.read_csv(team_dir / "efficiency_accurate.csv").iloc[0]
     n, dt, cores = int(accurate["samples"]), settings.interval_s, psutil.cpu_count()
     expected = flare22_expected(n, dt, busy_s, cores)
@@ -83,8 +84,8 @@ def tiny_case(folder: Path) -> Path:
 def build_burn_image() -> str | None:
     tag = "flare-montest-burn:latest"
     try:
-        subprocess.run(["/usr/bin/docker", "build", "-q", "--build-arg", "BEHAVIOUR=burn", "-t", tag,
-                        str(REPO / "tests/monitor_images")], check=True, capture_output=True,
+        subprocess.run(["/usr/bin/docker", "build", "-q", "--network", "none", "--build-arg", "BEHAVIOUR=burn",
+                        "-t", tag, str(REPO / "tests/monitor_images")], check=True, capture_output=True,
                        env={"DOCKER_BUILDKIT": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
     except (OSError, subprocess.SubprocessError) as err:
         print(f"docker: skipped ({type(err).__name__})")

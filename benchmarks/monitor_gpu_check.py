@@ -44,7 +44,7 @@ def run_size(gpu: int, size_mib: int, hold_s: float, out: Path) -> dict:
     baseline = Gpu.open(gpu).used_mib()
     settings = RunSettings(inputs=inputs, results=out / "results", team=f"hold{size_mib}", gpu=gpu, timeout_s=120,
                            command=f"{sys.executable} {out / 'holder.py'} {size_mib} {hold_s}")
-    team_dir = run_team(settings)
+    team_dir = run_team(settings).team.path
     flare = pd.read_csv(team_dir / "efficiency.csv").iloc[0]
     accurate = pd.read_csv(team_dir / "efficiency_accurate.csv").iloc[0]
     return {"size": size_mib, "baseline": baseline, "flare": flare, "accurate": accurate}

@@ -1,10 +1,10 @@
-"""Drawing one fine training patch (``predictor.train.sample_patch``): with each organ's voxel indices computed
+"""Drawing one fine training patch (``predictor.training.data.sample_patch``): with each organ's voxel indices computed
 once per training array (``organ_voxels``, what the trainer does) against scanning the whole label volume
 at every draw (``organs=None``), side by side on the same arrays and the same random draws (the patches are
 identical, checked here array by array), median of --runs.
 
 The arrays are the trainer's own: phantoms like the shipped weights' training set (192x192x96, mixed
-domains, seed 1000) precomputed by ``predictor.train.precompute`` (organ box at 2 mm).
+domains, seed 1000) precomputed by ``predictor.training.data.precompute`` (organ box at 2 mm).
 
     python benchmarks/patch_draw_bench.py                 # 4 phantoms, 5 runs of 200 draws
 """
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from phantoms.generate import PhantomConfig, generate_case, write_case
-from predictor.train import TrainConfig, organ_voxels, precompute, sample_patch
+from predictor.training.config import TrainConfig
+from predictor.training.data import organ_voxels, precompute, sample_patch
 
 Pair = tuple[np.ndarray, np.ndarray]
 
@@ -32,8 +33,8 @@ def draw(data: list[Pair], organs: list[dict[int, np.ndarray]] | None, draws: in
     spec, rng = TrainConfig().fine, np.random.default_rng(seed)
     for _ in range(draws):
         i = int(rng.integers(len(data)))
-        yield sample_patch(*data[i], spec.patch, spec.foreground_fraction, rng, spec.unet.upsample,
-                           None if organs is None else organs[i])
+        yield sample_patch(*data[i], spec.patch, spec.foreground_fraction, rng, upsample=spec.unet.upsample,
+                           organs=None if organs is None else organs[i])
 
 
 def seconds_per_draw(data: list[Pair], organs: list[dict[int, np.ndarray]] | None, draws: int, seed: int) -> float:

@@ -1,12 +1,12 @@
 """Phantom generation and NIfTI writing time, and file size per gzip level.
 
-Generates ``--cases`` 512x512x100 cases (numpy work only), then writes each one (image + label)
+Generates ``--count`` 512x512x100 cases (numpy work only), then writes each one (image + label)
 with challenge.nifti at every gzip level in ``--levels``, and, for reference, as an uncompressed
 .nii whose bytes Python's gzip compresses at the same levels. Prints medians and ratios to the
 first level. (SimpleITK's NIfTI writer ignores the level it is given, hence the reference rows.)
 
     python benchmarks/phantom_bench.py                 # 5 cases, levels 1 3 6
-    python benchmarks/phantom_bench.py --cases 3 --levels 1 6 --domain arterial
+    python benchmarks/phantom_bench.py --count 3 --levels 1 6 --domain arterial
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def python_gzip(phantom: Phantom, folder: Path, level: int) -> tuple[float, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", type=int, default=5)
+    parser.add_argument("--count", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 100), metavar=("X", "Y", "Z"))
     parser.add_argument("--levels", type=int, nargs="+", default=(1, 3, 6))
@@ -51,7 +51,7 @@ def main() -> None:
     ref_s: dict[int, list[float]] = {level: [] for level in args.levels}
     ref_mib: dict[int, list[float]] = {level: [] for level in args.levels}
     with tempfile.TemporaryDirectory() as tmp:
-        for index in range(args.cases):
+        for index in range(args.count):
             start = time.perf_counter()
             phantom = generate_case(args.seed, index, config)
             generate_s.append(time.perf_counter() - start)
@@ -69,7 +69,7 @@ def main() -> None:
 
     raw_mib = args.shape[0] * args.shape[1] * args.shape[2] * 3 / 2**20  # int16 image + uint8 label
     gen = statistics.median(generate_s)
-    print(f"\n{args.cases} cases of {'x'.join(map(str, args.shape))} voxels ({args.domain}); raw {raw_mib:.1f} MiB")
+    print(f"\n{args.count} cases of {'x'.join(map(str, args.shape))} voxels ({args.domain}); raw {raw_mib:.1f} MiB")
     print(f"median generation time: {gen:.2f} s (numpy only, no I/O)")
     base_w, base_s = statistics.median(write_s[args.levels[0]]), statistics.median(size_mib[args.levels[0]])
     print(f"{'writer':>22} {'write s':>8} {'x write':>8} {'MiB':>7} {'x size':>7} {'write/generate':>15}")

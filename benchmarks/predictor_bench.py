@@ -4,7 +4,7 @@
 DSC here is this script's own: per organ present in the ground truth, 2|P&G| / (|P|+|G|), then the
 mean over those organs and cases (the evaluator package's scorer is not used).
 Held-out phantoms use --seed 2000 (the shipped weights were trained on --seed 1000 cases); several seeds
-(--seed 2000 3000 4000) give --cases of each and a column per seed.
+(--seed 2000 3000 4000) give --count of each and a column per seed.
 ``grid_ceiling`` is what a perfect but certain fine network would score: the true labels taken to the fine
 network's output grid (fine_mm, divided per axis by its ``upsample`` factors) by nearest neighbour and back
 as the pipeline takes its predictions back (``--resample``: nearest-neighbour labels, or one-hot
@@ -14,7 +14,7 @@ Each (fine_mm, fine_scales, resample) setting is one row; the last column is its
 row. ``fine_scales`` (comma-separated factors): stage 2 at fine_mm times each, probabilities averaged.
 
     python benchmarks/predictor_bench.py                      # 3 timing runs, 5 held-out cases, both resamplings
-    python benchmarks/predictor_bench.py --runs 3 --cases 16 --seed 2000 3000 4000 --fine-scales 0.95,1.05 1 \
+    python benchmarks/predictor_bench.py --runs 3 --count 16 --seed 2000 3000 4000 --fine-scales 0.95,1.05 1 \
         --resample probabilities nearest
 """
 
@@ -85,7 +85,7 @@ def time_case(model: Predictor, image_path: Path, out: Path) -> dict[str, float]
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--cases", type=int, default=5, help="held-out phantoms for DSC (0 skips)")
+    p.add_argument("--count", type=int, default=5, help="held-out phantoms for DSC (0 skips)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--fine-mm", type=float, nargs="+", default=None,
                    help="fine spacings (mm) to compare (default: the weights' own)")
@@ -95,7 +95,7 @@ def main() -> None:
                    help="how the fine output goes back to the input grid (default: both, side by side)")
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--seed", type=int, nargs="+", default=[2000],
-                   help="phantom seeds of the held-out cases, --cases of each (default 2000; the shipped weights "
+                   help="phantom seeds of the held-out cases, --count of each (default 2000; the shipped weights "
                         "trained on 1000)")
     args = p.parse_args()
     if len(set(args.seed)) != len(args.seed):
@@ -108,7 +108,7 @@ def main() -> None:
                 for sc in scale_sets or [model.config.fine_scales] for r in args.resample]
     with tempfile.TemporaryDirectory(prefix="predictor_bench_") as tmp:
         times = time_settings(model, settings, Path(tmp), args.runs)
-    scores = score_settings(model, settings, args.seed, args.cases)
+    scores = score_settings(model, settings, args.seed, args.count)
     report(args, settings, times, scores, model.fine.config.upsample)
 
 
@@ -172,7 +172,7 @@ def report(args: argparse.Namespace, settings: list[PipelineConfig], times: list
                   + ", ".join(f"{ORGANS[o - 1].short} {np.mean(v):.3f}" for o, v in sorted(score.organs.items())))
     seeds = " ".join(map(str, args.seed))
     print(f"\npredictor CPU benchmark: {args.threads} threads, 512x512x100 phantom, median of {args.runs} runs, "
-          f"DSC over {args.cases} held-out phantoms per seed (seeds {seeds}, mixed domains)")
+          f"DSC over {args.count} held-out phantoms per seed (seeds {seeds}, mixed domains)")
     print("grid_ceiling: mean DSC of the true labels resampled to the fine network's output grid "
           f"(fine_mm / {'x'.join(map(str, upsample))}) and back (as the row's resample)")
     several = len(args.seed) > 1

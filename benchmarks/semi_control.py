@@ -5,7 +5,7 @@ gain of round 1 over round 0 can be told apart from the gain of simply training 
 Uses the data of ``benchmarks/semi_experiment.py --out OUT`` (OUT/data) and its scorer; writes
 OUT/control_e<EPOCHS>/seed<S>/ and OUT/control.csv, and prints DSC/NSD per test domain and seed.
 
-    python benchmarks/semi_control.py --out /work/data/semi_exp --epochs 28 --jobs 2 --threads 1
+    python benchmarks/semi_control.py --out out/semi_exp --epochs 28 --jobs 2 --threads 1
 """
 
 from __future__ import annotations

@@ -12,13 +12,13 @@ against, so it keeps all), so the unfiltered arm starts from a copy of them. See
 domain (the "why"), the wall and CPU time; writes OUT/results.csv and OUT/pseudo_quality.csv.
 
     # the run reported in the README (4530 s wall, 6717 CPU-s on 2 cores):
-    python benchmarks/semi_experiment.py --out /work/data/semi_exp --jobs 2 --threads 1 --epochs 14 \
+    python benchmarks/semi_experiment.py --out out/semi_exp --jobs 2 --threads 1 --epochs 14 \
         --test-domain noncontrast arterial lowdose portal
     # the tables again, without training or scoring:
-    python benchmarks/semi_experiment.py --out /work/data/semi_exp --test-domain noncontrast arterial lowdose \
+    python benchmarks/semi_experiment.py --out out/semi_exp --test-domain noncontrast arterial lowdose \
         portal --tables-only
     # smoke configuration (proves the script works; numbers meaningless), a few minutes:
-    python benchmarks/semi_experiment.py --out /tmp/semi_smoke --labeled 2 --unlabeled 3 --test 2 \
+    python benchmarks/semi_experiment.py --out out/semi_smoke --labeled 2 --unlabeled 3 --test 2 \
         --shape 64 64 32 --rounds 1 --seeds 0 --epochs 1 --steps-per-epoch 2
 """
 
@@ -40,8 +40,9 @@ from pathlib import Path
 import torch
 from predictor_bench import mean_dsc  # a sibling script: benchmarks/ is on sys.path when run as a script
 
+from challenge.files import atomic_write
 from challenge.nifti import read_image, write_label
-from evaluator import score_folder
+from evaluator.scoring import score_folder
 from phantoms.generate import PhantomConfig, generate_case, write_case
 from predictor.pipeline import Predictor
 
@@ -166,10 +167,12 @@ def print_pseudo_table(rows: list[dict], args: argparse.Namespace) -> None:
 
 def write_rows(path: Path, rows: list[dict]) -> None:
     """A CSV with the keys of the first row as its header."""
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    def write(handle) -> None:
+        w = csv.DictWriter(handle, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def cpu_seconds() -> float:

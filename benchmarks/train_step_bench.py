@@ -1,6 +1,6 @@
 """One training step of the fine U-Net (forward, loss, backward, AdamW): the default NCDHW memory format in
 fp32, channels_last_3d (NDHWC) in fp32, and NDHWC under the trainer's autocast (bf16 on a CPU with native
-bf16, fp16 on CUDA; ``predictor.train.autocast_dtype``), and the last with the textbook one-hot form of
+bf16, fp16 on CUDA; ``predictor.training.loop.autocast_dtype``), and the last with the textbook one-hot form of
 the loss instead of the trainer's, side by side in one process, interleaved, median of --runs.
 
 The step is the trainer's own: the shipped fine network (TrainConfig().fine: 4 levels, 4 input channels), a batch of
@@ -24,7 +24,9 @@ import torch.nn.functional as F
 
 from predictor.network import UNet3D, space_to_depth, upsampled_shape
 from predictor.pipeline import autocast
-from predictor.train import TrainConfig, autocast_dtype, dice_ce_loss
+from predictor.training.config import TrainConfig
+from predictor.training.loop import autocast_dtype
+from predictor.training.loss import dice_ce_loss
 
 
 def one_hot_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

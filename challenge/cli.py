@@ -1,17 +1,68 @@
-"""What every command-line tool of the harness shares: one-line argument errors with exit code 2, and
-typed, bounded number arguments."""
+"""What every command-line tool of the harness shares: one flag vocabulary, one-line argument errors with
+exit code 2, typed and bounded number arguments, old flag spellings accepted with a warning, and one way
+to set up logging.
+
+The vocabulary (docs/cli.md has the table of old and new spellings):
+
+``--images``   a folder of ``<Case>_0000.nii.gz`` CT images (``-i`` in the predictor)
+``--labels``   a folder of ``<Case>.nii.gz`` label maps (the ground truth where only one label folder is given)
+``--gt``, ``--pred``  the two label folders where they meet (``evaluator score``)
+``--out``      the folder a command writes (``-o`` in the predictor)
+``--results``  the resource monitor's results root, one folder per team
+``--cases``    a glob on case ids, never a count or a folder
+``--count``    how many (phantoms, benchmark cases)
+``-q``/``-v``  quieter / the harness's own debug lines
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from challenge.exitcodes import ExitCode
+
+PACKAGES = ("challenge", "phantoms", "predictor", "resource_monitor", "evaluator", "organizer")
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block) and exit code 2."""
+    """argparse with a one-line error (no usage block), exit code 2, and renamed flags.
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
+    :meth:`rename` keeps an old spelling working: it is rewritten to the new one before parsing, with a
+    one-line deprecation warning on stderr, and never appears in ``--help``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.renamed: dict[str, str] = {}
+
+    def rename(self, old: str, new: str) -> None:
+        """Accept ``old`` as a deprecated spelling of ``new``."""
+        self.renamed[old] = new
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitCode.BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        tokens = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self._modernise(tokens), namespace)
+
+    def _modernise(self, tokens: list[str]) -> list[str]:
+        out: list[str] = []
+        for n, token in enumerate(tokens):
+            if token == "--":
+                return out + tokens[n:]
+            flag, eq, value = token.partition("=")
+            if flag in self.renamed:
+                new = self.renamed[flag]
+                print(f"{self.prog}: warning: {flag} is deprecated; use {new}", file=sys.stderr)
+                token = f"{new}{eq}{value}"
+            out.append(token)
+        return out
 
 
 def bounded(kind: type = float, low: float | None = None, high: float | None = None, what: str = "",
@@ -19,7 +70,7 @@ def bounded(kind: type = float, low: float | None = None, high: float | None = N
     """An argparse ``type=`` that parses ``kind`` and checks low <= value <= high (low < value if strict)."""
     name = "an integer" if kind is int else "a number"
 
-    def parse(text: str):
+    def parse(text: str) -> float | int:
         try:
             value = kind(text)
         except ValueError:
@@ -33,3 +84,48 @@ def bounded(kind: type = float, low: float | None = None, high: float | None = N
         return value
 
     return parse
+
+
+def add_images(parser: argparse._ActionsContainer, required: bool = True, short: bool = False,
+               help: str = "folder of <Case>_0000.nii.gz CT images") -> None:
+    names = ("-i", "--images") if short else ("--images",)
+    parser.add_argument(*names, type=Path, required=required, metavar="IMAGES_DIR", help=help)
+
+
+def add_labels(parser: argparse._ActionsContainer, required: bool = True,
+               help: str = "folder of <Case>.nii.gz label maps (the ground truth)") -> None:
+    parser.add_argument("--labels", type=Path, required=required, metavar="LABELS_DIR", help=help)
+
+
+def add_out(parser: argparse._ActionsContainer, help: str, required: bool = True, short: bool = False) -> None:
+    names = ("-o", "--out") if short else ("--out",)
+    parser.add_argument(*names, type=Path, required=required, metavar="OUT_DIR", help=help)
+
+
+def add_cases(parser: argparse._ActionsContainer) -> None:
+    parser.add_argument("--cases", default="*", metavar="GLOB",
+                        help="only cases whose id (or image file name) matches this glob (default: all)")
+
+
+def add_verbosity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    group.add_argument("-v", "--verbose", action="store_true", help="the harness's own debug lines too")
+
+
+def configure_logging(args: argparse.Namespace, default: int = logging.INFO, fmt: str = "%(message)s",
+                      datefmt: str | None = None) -> None:
+    """Log the harness's packages at ``default`` (ERROR with ``-q``, DEBUG with ``-v``) and every other
+    library at WARNING, so that ``-v`` never floods the console with, say, matplotlib's font search.
+    Call it once, in ``main()``."""
+    level = logging.ERROR if getattr(args, "quiet", False) else (
+        logging.DEBUG if getattr(args, "verbose", False) else default)
+    logging.basicConfig(level=max(level, logging.WARNING), format=fmt, datefmt=datefmt, stream=sys.stderr, force=True)
+    for package in PACKAGES:
+        logging.getLogger(package).setLevel(level)
+
+
+def require_folder(parser: argparse.ArgumentParser, folder: Path | None, flag: str) -> None:
+    """One-line error (exit 2) unless ``folder`` is an existing folder; None is left to ``required``."""
+    if folder is not None and not folder.is_dir():
+        parser.error(f"{flag} {folder}: no such folder")

@@ -6,21 +6,24 @@ Axis conventions, fixed here for the whole project:
 - :class:`Geometry` stores ``size``, ``spacing`` (mm) and ``origin`` (mm) in SimpleITK /
   NIfTI voxel order ``(i, j, k)``, and ``direction`` as SimpleITK's row-major 3x3 matrix.
   World coordinates are SimpleITK's LPS (DICOM) frame, in mm.
-Writers go to a temporary name beside the target, then rename: no half-written file is left.
+Writers go through challenge.files (a temporary name beside the target, then rename): no half-written
+file is left.
 """
 
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import SimpleITK as sitk
+
+from challenge.files import atomic_path, atomic_write_binary
 
 GRID_TOLERANCE = 1e-3  # mm for spacing and origin; unitless for direction cosines
 
@@ -46,12 +49,12 @@ class Geometry:
     @property
     def shape(self) -> tuple[int, int, int]:
         """Array shape in (k, j, i) order."""
-        return tuple(reversed(self.size))
+        return self.size[::-1]
 
     @property
     def spacing_kji(self) -> tuple[float, float, float]:
         """Spacing (mm) in array order (k, j, i), as distance transforms on the array need it."""
-        return tuple(reversed(self.spacing))
+        return self.spacing[::-1]
 
     @property
     def matrix(self) -> np.ndarray:
@@ -144,34 +147,33 @@ def read_geometry(path: str | Path) -> Geometry:
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path, compression_level: int = 1) -> Path:
-    """Write a (k, j, i) array on ``geometry`` to ``path`` atomically (temporary name, then rename).
+    """Write a (k, j, i) array on ``geometry`` to ``path`` atomically (challenge.files: temporary name, then
+    rename; mode 0644, so containers running as any user can read it).
 
     ``compression_level`` is the gzip level for ``.nii.gz`` (1 is fast; CT noise leaves higher levels
-    little to gain). The file is readable by all (mode 0644), so containers running as any user can read it.
-    Raises ValueError if the array's shape is not ``geometry.shape``.
+    little to gain). Raises ValueError if the array's shape is not ``geometry.shape``.
     """
     path = Path(path)
     if tuple(array.shape) != geometry.shape:
         raise ValueError(f"{path}: array shape {array.shape} != grid shape {geometry.shape} (k, j, i)")
     image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
+    if not path.name.endswith(".gz"):
+        with atomic_path(path, suffix=".nii") as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=False)
+        return path
+    # SimpleITK's NIfTI writer ignores its compression level, so gzip here at the level asked for.
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii", dir=path.parent)
-    os.close(fd)
-    tmp_gz = Path(f"{tmp}.gz")
-    try:
-        # SimpleITK's NIfTI writer ignores its compression level, so gzip here at the level asked for.
-        sitk.WriteImage(image, tmp, useCompression=False)
-        if path.name.endswith(".gz"):
-            with open(tmp, "rb") as raw, gzip.open(tmp_gz, "wb", compresslevel=compression_level) as packed:
-                shutil.copyfileobj(raw, packed, 1 << 22)
-            os.replace(tmp_gz, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; containers running as another user must read it
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        tmp_gz.unlink(missing_ok=True)
-        raise
+    with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".raw.nii", dir=path.parent) as raw:
+        sitk.WriteImage(image, raw.name, useCompression=False)  # a scratch file, removed on close
+        atomic_write_binary(path, lambda handle: _gzip_file(Path(raw.name), handle, compression_level))
     return path
+
+
+def _gzip_file(source: Path, handle: BinaryIO, level: int) -> None:
+    """Deflate ``source`` into the open binary ``handle`` as one gzip member (no name, mtime 0)."""
+    with open(source, "rb") as src, gzip.GzipFile(filename="", fileobj=handle, mode="wb", compresslevel=level,
+                                                  mtime=0) as packed:
+        shutil.copyfileobj(src, packed, 1 << 22)
 
 
 def write_label(labels: np.ndarray, geometry: Geometry, path: str | Path, compression_level: int = 1) -> Path:

@@ -1,7 +1,7 @@
 """FLARE22 constants: the container command, sampling, penalties and ranking weights.
 
-Sources: flare22.grand-challenge.org/Evaluation and JunMa11/FLARE FLARE22/Evaluation
-(see shared/reference/flare22_spec.md sections 1, 3 and 4). Units: seconds, MiB.
+Sources: flare22.grand-challenge.org/Evaluation and the official code, JunMa11/FLARE FLARE22/Evaluation
+(docs/metrics.md says which number comes from where). Units: seconds, MiB.
 """
 
 from __future__ import annotations

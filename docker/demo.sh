@@ -23,7 +23,7 @@ cd "$repo"
 echo "== 1. phantoms: $CASES cases, shape $SHAPE, seed $SEED -> $OUT/data"
 rm -rf "$OUT/data" "$OUT/challenge"
 # shellcheck disable=SC2086
-$PY -m phantoms --out "$OUT/data" --cases "$CASES" --seed "$SEED" --shape $SHAPE --domain mixed
+$PY -m phantoms --out "$OUT/data" --count "$CASES" --seed "$SEED" --shape $SHAPE --domain mixed
 
 lowres_weights="$OUT/lowres-weights"
 rm -rf "$lowres_weights" && cp -r predictor/weights "$lowres_weights"
@@ -42,13 +42,13 @@ if [ -z "${DEMO_LOCAL:-}" ] && bash docker/engine.sh >/dev/null 2>&1 && "$DOCKER
   cp "$lowres_weights/config.json" "$ctx/config.json"
   printf 'FROM flare-predictor:latest\nCOPY config.json /opt/flare/predictor/weights/config.json\nENV FLARE_THREADS=1\n' \
     > "$ctx/Dockerfile"
-  DOCKER_BUILDKIT=1 "$DOCKER" build -q -t flare-predictor-lowres:latest "$ctx" >/dev/null
+  DOCKER_BUILDKIT=1 "$DOCKER" build -q --network none -t flare-predictor-lowres:latest "$ctx" >/dev/null
   rm -rf "$ctx"
   mkdir -p "$OUT/teams"
   (cd "$OUT/teams" && bash "$repo/docker/save_submission.sh" baseline flare-predictor:latest \
      && bash "$repo/docker/save_submission.sh" lowres flare-predictor-lowres:latest)
   echo "== 3. challenge: archives -> monitored container runs -> scores -> leaderboard"
-  $PY -m organizer challenge --teams "$OUT/teams" --cases "$OUT/data/images" --gt "$OUT/data/labels" \
+  $PY -m organizer challenge --teams "$OUT/teams" --images "$OUT/data/images" --labels "$OUT/data/labels" \
     --out "$OUT/challenge" --memory 8g --shm-size 2g --timeout 600
 else
   echo "== 2. Docker cannot run here (or DEMO_LOCAL is set): the teams run as host commands (the monitor's local mode)"
@@ -56,6 +56,6 @@ else
   $PY -m organizer challenge \
     --local "baseline=$PY -m predictor -i {inputs} -o {outputs}" \
     --local "lowres=env FLARE_THREADS=1 $PY -m predictor -i {inputs} -o {outputs} --weights $lowres_weights" \
-    --cases "$OUT/data/images" --gt "$OUT/data/labels" --out "$OUT/challenge" --timeout 600
+    --images "$OUT/data/images" --labels "$OUT/data/labels" --out "$OUT/challenge" --timeout 600
 fi
 echo "== 4. leaderboard: $OUT/challenge/leaderboard/index.html"

@@ -1,6 +1,5 @@
-"""``flare-evaluate`` / ``python -m evaluator``: FLARE22 DSC and NSD for a prediction folder.
-
-Subcommands: ``score`` (this issue). New subcommands register themselves in :data:`SUBCOMMANDS`.
+"""``flare-evaluate`` / ``python -m evaluator``: FLARE22 DSC and NSD for a prediction folder (``score``),
+and the leaderboard of a results folder (``rank``). Subcommands register themselves in :data:`SUBCOMMANDS`.
 """
 
 from __future__ import annotations
@@ -13,7 +12,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from challenge.cli import Parser, bounded
+from challenge.cli import Parser, add_labels, add_out, add_verbosity, bounded, configure_logging, require_folder
+from challenge.exitcodes import for_failures
 
 _workers = bounded(int, low=1)
 
@@ -26,7 +26,8 @@ NSD_mean, status) and OUT_DIR/summary.json (per-organ mean/median/std, counts by
 
 Every GT case gets a row: a missing prediction is `missing`, an unreadable or wrongly shaped one
 `invalid: <reason>`; both score 0 for organs present in the GT (1 for organs absent from it).
-Exit code 0 when scoring ran (even with missing or invalid predictions), 2 for bad arguments.
+Exit codes: 0 every case scored ok, 1 some case missing, invalid or in error (the files are written all
+the same), 2 bad arguments, 3 a host fault, 130 interrupted (docs/cli.md).
 
 Modes:
   flare22  the official FLARE22 numbers (default): aorta, IVC and esophagus cut to GT slices
@@ -40,21 +41,16 @@ Examples:
 """
 
 
-
-
 def _add_score(subparsers: argparse._SubParsersAction) -> None:
-    from evaluator.metrics import MODES
 
     p = subparsers.add_parser("score", help="DSC and NSD per organ for a prediction folder",
                               description="Score a prediction folder against a ground-truth folder, FLARE22 style.",
                               epilog=SCORE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gt", required=True, type=Path, metavar="GT_DIR", help="folder of <Case>.nii.gz label maps")
     p.add_argument("--pred", required=True, type=Path, metavar="PRED_DIR", help="folder of <Case>.nii.gz predictions")
-    p.add_argument("--out", required=True, type=Path, metavar="OUT_DIR", help="where metrics.csv and summary.json go")
-    p.add_argument("--mode", choices=tuple(MODES), default="flare22", help="flare22 (default) or strict; see below")
-    p.add_argument("--workers", type=_workers, default=os.cpu_count() or 1,
-                   help="parallel processes (default: the number of cores)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, only errors")
+    add_out(p, help="where metrics.csv and summary.json go")
+    add_scoring_options(p)
+    add_verbosity(p)
     p.set_defaults(run=_run_score, parser=p)
 
 
@@ -73,9 +69,8 @@ def _run_score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from challenge.cases import list_labels
     from evaluator.scoring import score_folder, status_kind
 
-    for folder, flag in ((args.gt, "--gt"), (args.pred, "--pred")):
-        if not folder.is_dir():
-            parser.error(f"{flag} {folder}: no such folder")
+    require_folder(parser, args.gt, "--gt")
+    require_folder(parser, args.pred, "--pred")
     if not list_labels(args.gt):
         parser.error(f"--gt {args.gt}: no <Case>.nii.gz label maps in it")
     problem = _writable(args.out)
@@ -86,11 +81,15 @@ def _run_score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                              progress=not args.quiet)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
-    counts = table["status"].map(status_kind).value_counts().to_dict()
+    kinds = table["status"].map(status_kind)
+    counts = kinds.value_counts().to_dict()
     log.info("%d cases (%s): DSC_mean %.4f, NSD_mean %.4f -> %s", len(table),
              ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), table["DSC_mean"].mean(),
              table["NSD_mean"].mean(), args.out / "metrics.csv")
-    return 0
+    failed = table[~kinds.isin(("ok", "warning"))]
+    for name, status in zip(failed["Name"], failed["status"], strict=True):
+        log.error("not ok: %s: %s", name, status)
+    return for_failures(len(failed))
 
 
 RANK_EPILOG = """\
@@ -105,45 +104,70 @@ Also: bootstrap rank stability with Kendall's tau, and pairwise one-sided Wilcox
 Writes LEADERBOARD_DIR/leaderboard.csv, leaderboard.json, case_ranks.csv, bootstrap_ranks.csv,
 pairwise.csv and a self-contained index.html.
 
+Exit codes: 0 no case penalised, 1 some case penalised (the leaderboard is written all the same),
+2 bad arguments, 3 a host fault, 130 interrupted (docs/cli.md).
+
 Example:
-  python -m evaluator rank --results out/results --gt data/labels --out out/leaderboard
+  python -m evaluator rank --results out/results --labels data/labels --out out/leaderboard
 """
 
 
 def _add_rank(subparsers: argparse._SubParsersAction) -> None:
-    from evaluator.metrics import MODES
 
     p = subparsers.add_parser("rank", help="rank the teams of a results folder and write the report",
                               description="FLARE22 leaderboard from the monitor's results and the GT.",
                               epilog=RANK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", required=True, type=Path, metavar="RESULTS_DIR", help="one sub-folder per team")
-    p.add_argument("--gt", required=True, type=Path, metavar="GT_DIR", help="folder of <Case>.nii.gz label maps")
-    p.add_argument("--out", required=True, type=Path, metavar="LEADERBOARD_DIR", help="where the report goes")
-    p.add_argument("--mode", choices=tuple(MODES), default="flare22", help="scoring mode for unscored teams")
-    p.add_argument("--workers", type=_workers, default=os.cpu_count() or 1, help="scoring processes")
-    p.add_argument("--bootstrap", type=_workers, default=1000, help="bootstrap samples (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    add_labels(p)
+    add_out(p, help="where the leaderboard and its report go")
+    add_scoring_options(p)
+    add_ranking_options(p)
+    add_verbosity(p)
+    p.rename("--gt", "--labels")
     p.set_defaults(run=_run_rank, parser=p)
+
+
+def add_scoring_options(parser: argparse.ArgumentParser) -> None:
+    """How predictions are scored: shared by ``evaluator score``, ``evaluator rank`` and ``organizer challenge``."""
+    from evaluator.metrics import MODES
+
+    g = parser.add_argument_group("scoring")
+    g.add_argument("--mode", choices=tuple(MODES), default="flare22", help="flare22 (default) or strict")
+    g.add_argument("--workers", type=_workers, default=os.cpu_count() or 1,
+                   help="parallel scoring processes (default: the number of cores)")
+
+
+def add_ranking_options(parser: argparse.ArgumentParser) -> None:
+    """The ranking's options, shared by ``evaluator rank`` and ``organizer challenge``."""
+    g = parser.add_argument_group("ranking")
+    g.add_argument("--bootstrap", type=_workers, default=1000, help="bootstrap samples (default 1000)")
+    g.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+
+
+def ranking_settings(args: argparse.Namespace):
+    """The :class:`evaluator.ranking.RankingSettings` of :func:`add_ranking_options`'s options."""
+    from evaluator.ranking import RankingSettings
+
+    return RankingSettings(bootstrap_samples=args.bootstrap, seed=args.seed)
 
 
 def _run_rank(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from evaluator.leaderboard import LeaderboardSettings, rank_results
-    from evaluator.ranking import RankingSettings
 
-    for folder, flag in ((args.gt, "--gt"), (args.results, "--results")):
-        if not folder.is_dir():
-            parser.error(f"{flag} {folder}: no such folder")
+    require_folder(parser, args.labels, "--labels")
+    require_folder(parser, args.results, "--results")
     problem = _writable(args.out)
     if problem:
         parser.error(problem)
-    settings = LeaderboardSettings(args.mode, args.workers, RankingSettings(args.bootstrap, args.seed))
+    settings = LeaderboardSettings(args.mode, args.workers, ranking_settings(args))
     try:
-        index = rank_results(args.results, args.gt, args.out, settings)
+        published = rank_results(args.results, args.labels, args.out, settings)
     except ValueError as err:
         parser.error(str(err))
-    print(index)
-    return 0
+    for line in published.penalised:
+        log.warning("penalised: %s", line)
+    print(published.index)
+    return for_failures(len(published.penalised))
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_score, _add_rank]
@@ -164,8 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR if getattr(args, "quiet", False) else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+    configure_logging(args)
     return args.run(args, args.parser)
 
 

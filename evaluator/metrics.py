@@ -104,8 +104,9 @@ def label_boxes(labels: np.ndarray) -> dict[int, Box]:
         if not present & bit:
             continue
         where = [np.flatnonzero(p & bit) for p in projections]
-        boxes[label] = Box(tuple(int(w[0]) + o for w, o in zip(where, origin, strict=True)),
-                           tuple(int(w[-1]) + o for w, o in zip(where, origin, strict=True)))
+        (wk, wj, wi), (ok, oj, oi) = where, origin
+        boxes[label] = Box((int(wk[0]) + ok, int(wj[0]) + oj, int(wi[0]) + oi),
+                           (int(wk[-1]) + ok, int(wj[-1]) + oj, int(wi[-1]) + oi))
     return boxes
 
 
@@ -154,6 +155,7 @@ def score_organ(gt: np.ndarray, pred: np.ndarray, organ: Organ, gt_box: Box, pre
     """(DSC, NSD) of one organ whose GT is not empty."""
     slab = _slab(gt_box, organ, mode, warnings)
     g_region = _region(gt_box, slab)
+    assert g_region is not None  # the slab always holds the GT box's first slice (see _slab)
     p_region = _region(pred_box, slab) if pred_box is not None else None
     g_mask = gt[g_region] == organ.id
     g_count = int(np.count_nonzero(g_mask))

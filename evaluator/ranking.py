@@ -3,7 +3,7 @@
 Inputs are per-team tables keyed by case id (``Name``): the evaluator's metrics.csv and the resource
 monitor's efficiency.csv. Units: Time in s, AUC_GPU_Time_tol2G in MiB*s, AUC_CPU_Time in %*s.
 
-The scheme (flare22.grand-challenge.org/Evaluation; shared/reference/flare22_spec.md section 4):
+The scheme (flare22.grand-challenge.org/Evaluation; docs/metrics.md):
 1. per case, a team's DSC and NSD are the means over the 13 organs;
 2. a case whose run did not end ``ok``, or whose prediction is missing or invalid, takes the official
    worst values (DSC 0, NSD 0, Time 3600, AUC_GPU 29491200, AUC_CPU 360000), whatever was measured;
@@ -75,7 +75,8 @@ def case_values(team: TeamResults, cases: list[str]) -> pd.DataFrame:
             reasons[case] = reason
             continue
         m, e = metrics.loc[case], efficiency.loc[case]
-        gpu = pd.to_numeric(e.get("AUC_GPU_Time_tol2G"), errors="coerce")
+        assert isinstance(m, pd.Series) and isinstance(e, pd.Series)  # one row each: _by_case drops duplicates
+        gpu = pd.to_numeric(e.get("AUC_GPU_Time_tol2G", np.nan), errors="coerce")  # no column: NaN
         out.loc[case] = [float(m["DSC_mean"]), float(m["NSD_mean"]), float(e["Time"]),
                          0.0 if pd.isna(gpu) else float(gpu), float(e["AUC_CPU_Time"])]
     for metric in METRICS:
@@ -95,8 +96,9 @@ def _failure(case: str, metrics: pd.DataFrame, efficiency: pd.DataFrame, note: s
         return note
     if case not in efficiency.index:
         return "no run"
-    if str(efficiency.loc[case, "status"]) != "ok":
-        return f"run: {efficiency.loc[case, 'status']}"
+    run_status = str(efficiency.loc[case, "status"])
+    if run_status != "ok":
+        return f"run: {run_status}"
     if case not in metrics.index:
         return "not scored"
     status = str(metrics.loc[case, "status"])

@@ -57,9 +57,10 @@ def _tau_summary(tau: np.ndarray) -> dict[str, float] | None:
 
 
 def _rank_distribution(ranking: Ranking) -> dict[str, dict[str, float]]:
-    boot = ranking.bootstrap_ranks
-    return {team: {str(int(r)): float(f) for r, f in boot[team].value_counts(normalize=True).sort_index().items()}
-            for team in boot.columns}
+    shares = {team: ranking.bootstrap_ranks[team].value_counts(normalize=True).sort_index()
+              for team in ranking.bootstrap_ranks.columns}
+    return {str(team): {str(int(r)): float(f) for r, f in zip(s.index.to_numpy(), s.to_numpy(), strict=True)}
+            for team, s in shares.items()}
 
 
 def render_html(ranking: Ranking, metrics: dict[str, pd.DataFrame], curves: dict[str, Curves],
@@ -185,10 +186,11 @@ def _stability_plot(ranking: Ranking, teams: list[str]) -> plt.Figure:
     boot = ranking.bootstrap_ranks
     fig, ax = plt.subplots(figsize=(7, 0.6 * len(teams) + 2))
     n_teams = len(teams)
+    full_rank = dict(zip(ranking.leaderboard.index, ranking.leaderboard["rank"].to_numpy(dtype=float), strict=True))
     for y, team in enumerate(teams):
         freq = boot[team].value_counts(normalize=True)
-        ax.scatter(freq.index, [y] * len(freq), s=1500 * freq.to_numpy(), color=f"C{y}", alpha=0.7)
-        ax.scatter([ranking.leaderboard.loc[team, "rank"]], [y], marker="x", color="black")
+        ax.scatter(freq.index.to_numpy(), [y] * len(freq), s=1500 * freq.to_numpy(), color=f"C{y}", alpha=0.7)
+        ax.scatter([full_rank[team]], [y], marker="x", color="black")
     ax.set_yticks(range(n_teams), teams)
     ax.set_xticks(range(1, n_teams + 1))
     ax.set_xlim(0.5, n_teams + 0.5)

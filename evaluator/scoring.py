@@ -136,7 +136,7 @@ def _check_prediction(pred: np.ndarray, pred_geometry: Geometry, gt_geometry: Ge
 @dataclass
 class FolderSettings:
     mode: str = "flare22"
-    workers: int | None = None  # None: one per core
+    workers: int = 1  # scoring processes
     progress: bool = True
 
 
@@ -239,7 +239,7 @@ def versions() -> dict[str, str]:
     import scipy
     import SimpleITK
 
-    from evaluator import __version__
+    from challenge import __version__
 
     return {"evaluator": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "scipy": scipy.__version__, "SimpleITK": SimpleITK.Version_VersionString(), "pandas": pd.__version__}

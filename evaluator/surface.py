@@ -79,7 +79,7 @@ def corner_codes(mask: np.ndarray) -> np.ndarray:
 
 def extract_surface(mask: np.ndarray, offset: tuple[int, int, int], area_table: np.ndarray) -> Surface:
     """The surface of ``mask``, a crop whose first voxel is at ``offset`` in the full array."""
-    return Surface(corner_codes(mask), tuple(int(o) for o in offset), area_table)
+    return Surface(corner_codes(mask), (int(offset[0]), int(offset[1]), int(offset[2])), area_table)
 
 
 def exact_distances(delta: np.ndarray, spacing: tuple[float, float, float],
@@ -93,14 +93,15 @@ def shared_corners(a: Surface, b: Surface) -> tuple[np.ndarray, np.ndarray] | No
     """For each border corner of ``a``, and of ``b``: is the same global corner on the other's border?"""
     if a.flat.size == 0 or b.flat.size == 0:
         return None
-    in_a, in_b = [], []
+    slices_a: list[slice] = []
+    slices_b: list[slice] = []
     for oa, ob, na, nb in zip(a.origin, b.origin, a.codes.shape, b.codes.shape, strict=True):
         start, stop = max(oa, ob), min(oa + na, ob + nb)
         if start >= stop:
             return None
-        in_a.append(slice(start - oa, stop - oa))
-        in_b.append(slice(start - ob, stop - ob))
-    in_a, in_b = tuple(in_a), tuple(in_b)
+        slices_a.append(slice(start - oa, stop - oa))
+        slices_b.append(slice(start - ob, stop - ob))
+    in_a, in_b = tuple(slices_a), tuple(slices_b)
     both = is_border(a.codes[in_a]) & is_border(b.codes[in_b])
     flags = []
     for surface, region in ((a, in_a), (b, in_b)):

@@ -28,7 +28,8 @@ import numpy as np
 _CORNERS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
 
 
-def _inside(code: int, corner: tuple[int, int, int]) -> bool:
+def _inside(code: int, corner: tuple[int, ...]) -> bool:
+    """Whether ``corner`` (a 3-tuple of 0/1 cell coordinates) is inside for ``code``."""
     a, b, c = corner
     return bool((code >> (7 - (4 * a + 2 * b + c))) & 1)
 
@@ -43,7 +44,7 @@ def _faces() -> list[list[tuple[int, int, int]]]:
             for u, v in ((0, 0), (1, 0), (1, 1), (0, 1)):
                 corner = [0, 0, 0]
                 corner[axis], corner[u_axis], corner[v_axis] = value, u, v
-                cycle.append(tuple(corner))
+                cycle.append((corner[0], corner[1], corner[2]))
             faces.append(cycle)
     return faces
 
@@ -104,7 +105,7 @@ def _vertex_type(code: int, vertex: tuple[float, ...]) -> tuple[int, int]:
         ends.append(corner)
     inner, outer = ends if _inside(code, ends[0]) else ends[::-1]
 
-    def inside_neighbours(corner: tuple[int, int, int]) -> int:
+    def inside_neighbours(corner: tuple[int, ...]) -> int:
         return sum(_inside(code, tuple(c ^ (i == a) for i, c in enumerate(corner))) for a in range(3))
 
     return inside_neighbours(inner), inside_neighbours(outer)

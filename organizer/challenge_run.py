@@ -2,72 +2,92 @@
 resource monitor, score the outputs, rank the teams and write the report.
 
 A team whose archive fails to load, or whose run cannot start, gets ``team_status.json`` with the
-reason: it is ranked last with that status, and the run goes on with the other teams.
+reason: it is ranked last with that status, and the run goes on with the other teams. An archive whose
+file name gives no valid team name is reported on the console and skipped (no folder can be named
+after it).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from challenge.files import atomic_write
-from evaluator.leaderboard import TEAM_STATUS, LeaderboardSettings, rank_results
+from challenge.results import TeamDir, team_dir, write_team_status
+from challenge.teams import ARCHIVE_SUFFIXES, TeamNameError, team_from_archive
+from evaluator.leaderboard import LeaderboardSettings, Published, rank_results
 from resource_monitor.monitor import MonitorError, load_archive, run_team
 from resource_monitor.settings import RunSettings
 
 log = logging.getLogger(__name__)
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
 @dataclass
 class ChallengeSettings:
-    cases: Path  # <Case>_0000.nii.gz images
-    gt: Path  # <Case>.nii.gz labels
+    images: Path  # <Case>_0000.nii.gz images
+    labels: Path  # <Case>.nii.gz ground truth
     out: Path  # results/ and leaderboard/ go here
     teams: Path | None = None  # folder of TEAM.tar.gz archives
     local: dict[str, str] = field(default_factory=dict)  # team -> host command (local mode)
-    monitor: RunSettings | None = None  # template: timeout, limits, gpu...
+    monitor: RunSettings | None = None  # template: timeout, limits, gpu, cases glob...
     leaderboard: LeaderboardSettings = field(default_factory=LeaderboardSettings)
+
+    @property
+    def results(self) -> Path:
+        return self.out / "results"
+
+    @property
+    def leaderboard_dir(self) -> Path:
+        return self.out / "leaderboard"
 
 
 def find_archives(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(ARCHIVE_SUFFIXES))
 
 
-def _mark_failed(team_dir: Path, note: str) -> None:
-    team_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(team_dir / TEAM_STATUS, lambda f: json.dump({"note": note}, f))
-    log.error("%s: %s", team_dir.name, note)
+def _mark_failed(team: TeamDir, note: str) -> None:
+    write_team_status(team, note)
+    log.error("%s: %s", team.team, note)
 
 
-def run_challenge(settings: ChallengeSettings, docker_client=None) -> Path:
-    """Run every team and rank them; returns the path of index.html."""
-    results = settings.out / "results"
+def _one_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+
+
+def _run_archive(archive: Path, template: RunSettings, results: Path, docker_client) -> None:
+    try:
+        team = team_dir(results, team_from_archive(archive))
+    except TeamNameError as err:
+        log.error("%s: skipped: %s", archive.name, err)
+        return
+    print(f"== team {team.team}: loading {archive.name}", flush=True)
+    try:
+        name, image = load_archive(docker_client, archive)
+        run_team(replace(template, team=name, image=image, command=None), docker_client)
+    except MonitorError as err:
+        _mark_failed(team, f"image failed to load: {err}")
+    except Exception as err:  # noqa: BLE001 - one broken team never stops the others
+        _mark_failed(team, f"run failed: {_one_line(err)}")
+
+
+def run_challenge(settings: ChallengeSettings, docker_client=None) -> Published:
+    """Run every team and rank them; returns what the leaderboard published."""
+    results = settings.results
     results.mkdir(parents=True, exist_ok=True)
-    template = settings.monitor or RunSettings(inputs=settings.cases, results=results, team="")
-    template = replace(template, inputs=settings.cases, results=results)
+    template = settings.monitor or RunSettings(inputs=settings.images, results=results, team="")
+    template = replace(template, inputs=settings.images, results=results)
     archives = find_archives(settings.teams) if settings.teams else []
     if archives and docker_client is None:
         import docker
 
         docker_client = docker.from_env(timeout=600)
     for archive in archives:
-        team = archive.name.split(".")[0].lower()
-        print(f"== team {team}: loading {archive.name}", flush=True)
+        _run_archive(archive, template, results, docker_client)
+    for name, command in settings.local.items():
+        print(f"== team {name}: local command", flush=True)
         try:
-            team, image = load_archive(docker_client, archive)
-            run_team(replace(template, team=team, image=image, command=None), docker_client)
-        except MonitorError as err:
-            _mark_failed(results / team, f"image failed to load: {err}")
-        except Exception as err:  # noqa: BLE001 - one broken team never stops the others
-            _mark_failed(results / team, f"run failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
-    for team, command in settings.local.items():
-        print(f"== team {team}: local command", flush=True)
-        try:
-            run_team(replace(template, team=team, image=None, command=command))
+            run_team(replace(template, team=name, image=None, command=command))
         except Exception as err:  # noqa: BLE001
-            _mark_failed(results / team, f"run failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+            _mark_failed(team_dir(results, name), f"run failed: {_one_line(err)}")
     print("== scoring and ranking", flush=True)
-    return rank_results(results, settings.gt, settings.out / "leaderboard", settings.leaderboard)
+    return rank_results(results, settings.labels, settings.leaderboard_dir, settings.leaderboard)

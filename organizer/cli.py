@@ -7,22 +7,28 @@ import logging
 import sys
 from pathlib import Path
 
-from challenge import rules
-from challenge.cli import Parser
+from challenge.cli import Parser, add_images, add_labels, add_out, add_verbosity, configure_logging, require_folder
+from challenge.exitcodes import for_failures
+from challenge.teams import TeamNameError, check_team
+
+log = logging.getLogger("organizer")
 
 EPILOG = """\
 Loads every TEAM.tar.gz in TEAMS_DIR (each must hold TEAM:latest), runs it once per case in a sandboxed
-container while sampling GPU memory, CPU and RAM (resource_monitor), scores the outputs against GT_DIR
-(evaluator, FLARE22 DSC and NSD), ranks the teams with FLARE22's rank-then-aggregate scheme, and writes
-OUT_DIR/results/<team>/... and OUT_DIR/leaderboard/index.html. A team whose image fails to load or
-crashes on every case is ranked last with its status; the run goes on.
+container while sampling GPU memory, CPU and RAM (resource_monitor), scores the outputs against
+LABELS_DIR (evaluator, FLARE22 DSC and NSD), ranks the teams with FLARE22's rank-then-aggregate scheme,
+and writes OUT_DIR/results/<team>/... and OUT_DIR/leaderboard/index.html. A team whose image fails to
+load or crashes on every case is ranked last with its status; the run goes on.
 
 Without Docker, --local NAME=COMMAND runs a host command per case instead ({inputs}, {outputs}).
 
+Exit codes: 0 no case penalised, 1 some team's case penalised (the leaderboard is written all the same),
+2 bad arguments, 3 a host fault, 130 interrupted (docs/cli.md).
+
 Examples:
-  python -m organizer challenge --teams teams/ --cases data/images --gt data/labels --out out/challenge
+  python -m organizer challenge --teams teams/ --images data/images --labels data/labels --out out/challenge
   python -m organizer challenge --local "baseline=python -m predictor -i {inputs} -o {outputs}" \\
-      --cases data/images --gt data/labels --out out/challenge
+      --images data/images --labels data/labels --out out/challenge
 """
 
 
@@ -30,10 +36,16 @@ def _local(text: str) -> tuple[str, str]:
     name, sep, command = text.partition("=")
     if not sep or not name.strip() or not command.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=COMMAND, got {text!r}")
-    return name.strip().lower(), command.strip()
+    try:
+        return check_team(name.strip().lower()), command.strip()
+    except TeamNameError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from evaluator.cli import add_ranking_options, add_scoring_options
+    from resource_monitor.cli import add_run_options
+
     parser = Parser(prog="flare-challenge", description="Run a FLARE22-style challenge end to end.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
@@ -43,59 +55,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teams", type=Path, metavar="TEAMS_DIR", help="folder of TEAM.tar.gz docker archives")
     p.add_argument("--local", type=_local, action="append", default=[], metavar="NAME=COMMAND",
                    help="a team run as a host command (repeatable)")
-    p.add_argument("--cases", required=True, type=Path, metavar="IMAGES_DIR", help="<Case>_0000.nii.gz images")
-    p.add_argument("--gt", required=True, type=Path, metavar="LABELS_DIR", help="<Case>.nii.gz labels")
-    p.add_argument("--out", required=True, type=Path, metavar="OUT_DIR")
-    p.add_argument("--timeout", type=float, default=rules.TIME_LIMIT_S, help="seconds per case (default 3600)")
-    p.add_argument("--memory", default="28g", help="container memory limit (default 28g)")
-    p.add_argument("--shm-size", default="28g", help="container shm size (default 28g)")
-    p.add_argument("--cpus", type=float, help="CPU quota per container (cores)")
-    p.add_argument("--gpu", default="auto", metavar="INDEX|none", help="GPU index (default: 0 if present)")
-    p.add_argument("--mode", choices=("flare22", "strict"), default="flare22", help="scoring mode")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples for rank stability")
-    p.add_argument("--workers", type=int, help="scoring processes (default: all cores)")
+    add_images(p, required=False, help="folder of <Case>_0000.nii.gz CT images (required)")
+    add_labels(p)
+    add_out(p, help="results/ and leaderboard/ go here")
+    add_run_options(p)
+    add_scoring_options(p)
+    add_ranking_options(p)
+    add_verbosity(p)
+    p.rename("--gt", "--labels")
     return parser
+
+
+def _old_cases_folder(args: argparse.Namespace) -> None:
+    """Before the shared vocabulary, ``--cases`` was the image folder; it is a glob now. A ``--cases`` that
+    names a folder, given without ``--images``, is taken as the old spelling (with a warning)."""
+    if args.images is None and Path(args.cases).is_dir():
+        print("flare-challenge: warning: --cases DIR is deprecated; use --images DIR (--cases is a glob now)",
+              file=sys.stderr)
+        args.images, args.cases = Path(args.cases), "*"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    configure_logging(args, default=logging.WARNING, fmt="%(levelname)s %(message)s")
     from challenge.cases import list_images, list_labels
+    from evaluator.cli import ranking_settings
     from evaluator.leaderboard import LeaderboardSettings
-    from evaluator.ranking import RankingSettings
     from organizer.challenge_run import ChallengeSettings, find_archives, run_challenge
-    from resource_monitor.gpu import default_gpu_index
-    from resource_monitor.settings import RunSettings
+    from resource_monitor.cli import run_settings
 
+    _old_cases_folder(args)
+    if args.images is None:
+        parser.error("the following arguments are required: --images")
     if args.teams is None and not args.local:
         parser.error("give --teams TEAMS_DIR and/or --local NAME=COMMAND")
-    for folder, flag in ((args.cases, "--cases"), (args.gt, "--gt"), (args.teams, "--teams")):
-        if folder is not None and not folder.is_dir():
-            parser.error(f"{flag} {folder}: no such folder")
-    if not list_images(args.cases):
-        parser.error(f"--cases {args.cases}: no <Case>_0000.nii.gz images")
-    if not list_labels(args.gt):
-        parser.error(f"--gt {args.gt}: no <Case>.nii.gz labels")
+    for folder, flag in ((args.images, "--images"), (args.labels, "--labels"), (args.teams, "--teams")):
+        require_folder(parser, folder, flag)
+    if not list_images(args.images):
+        parser.error(f"--images {args.images}: no <Case>_0000.nii.gz images")
+    if not list_labels(args.labels):
+        parser.error(f"--labels {args.labels}: no <Case>.nii.gz labels")
     if args.teams is not None and not find_archives(args.teams) and not args.local:
         parser.error(f"--teams {args.teams}: no .tar.gz/.tar archives")
-    if args.gpu == "auto":
-        gpu = default_gpu_index()
-    elif args.gpu == "none":
-        gpu = None
-    elif args.gpu.isdigit():
-        gpu = int(args.gpu)
-    else:
-        parser.error(f"--gpu: expected an index, 'none' or 'auto', got {args.gpu!r}")
-    monitor = RunSettings(inputs=args.cases, results=args.out, team="", gpu=gpu, timeout_s=args.timeout,
-                          memory=args.memory, shm_size=args.shm_size, cpus=args.cpus)
-    settings = ChallengeSettings(cases=args.cases, gt=args.gt, out=args.out, teams=args.teams,
+    monitor = run_settings(args, images=args.images, results=args.out / "results")
+    settings = ChallengeSettings(images=args.images, labels=args.labels, out=args.out, teams=args.teams,
                                  local=dict(args.local), monitor=monitor,
-                                 leaderboard=LeaderboardSettings(args.mode, args.workers,
-                                                                 RankingSettings(bootstrap_samples=args.bootstrap)))
-    index = run_challenge(settings)
-    print(f"leaderboard: {index}")
-    return 0
+                                 leaderboard=LeaderboardSettings(args.mode, args.workers, ranking_settings(args)))
+    published = run_challenge(settings)
+    for line in published.penalised:
+        log.warning("penalised: %s", line)
+    print(f"leaderboard: {published.index}")
+    return for_failures(len(published.penalised))
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ def paint_organs(canvas: Canvas, hab: Habitus, rng: np.random.Generator, fov_top
                           [28, 36, 34, 26, 18, 12])
     box, mask = sweep(canvas, *stomach)
     if canvas.paint(box, mask, STOMACH, t.ORGAN + STOMACH):
+        assert mask is not None  # paint() paints nothing without a mask
         _add_gas(canvas, box, mask, STOMACH, rng.uniform(0.03, 0.25))
 
     pancreas = sample.tube([(-28, -38, -20), (-5, -45, -8), (22, -35, 0), (52, -18, 12), (75, -8, 25)],
@@ -101,6 +102,7 @@ def paint_organs(canvas: Canvas, hab: Habitus, rng: np.random.Generator, fov_top
             continue
         box, mask, q = kidney.rasterise(canvas)
         if canvas.paint(box, mask, label, t.ORGAN + label):
+            assert mask is not None and q is not None  # paint() needs a mask; rasterise() gives q with it
             medulla = mask & (q < 0.35) & (canvas.labels[box] == label)
             canvas.tissue[box][medulla] = t.MEDULLA
 
@@ -135,6 +137,7 @@ def _paint_bowel(canvas: Canvas, sample: _Sampler) -> None:
                          (95, -40, 30), (105, -10, -20), (100, -15, -90)], [20] * 8, shift=6.0)
     box, mask = sweep(canvas, *colon)
     if canvas.paint(box, mask, 0, t.BOWEL):
+        assert mask is not None  # paint() paints nothing without a mask
         _add_gas(canvas, box, mask, 0, sample.rng.uniform(0.2, 0.5))
     for _ in range(int(sample.rng.integers(3, 6))):
         start = np.array([sample.rng.uniform(-70, 70), sample.rng.uniform(-80, -20), sample.rng.uniform(-95, -35)])
@@ -148,8 +151,8 @@ def _paint_liver_vessels(canvas: Canvas, sample: _Sampler) -> None:
     hilum, confluence = (-45, -32, 22), (-28, -18, 92)
     branches = [(hilum, (-95, -20, 30)), (hilum, (-5, -62, 45)), (hilum, (-80, 15, 15)),
                 (confluence, (-100, -35, 68)), (confluence, (-40, -70, 58)), (confluence, (-2, -68, 70))]
-    for start, end in branches:
-        start, end = np.asarray(start, float), np.asarray(end, float)
+    for first, last in branches:
+        start, end = np.asarray(first, float), np.asarray(last, float)
         bend = (start + end) / 2 + sample.rng.normal(0, 8, 3)
         box, mask = sweep(canvas, *sample.tube([start, bend, end], [6, 4.5, 2.5], shift=4.0))
         if box is not None:

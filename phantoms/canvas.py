@@ -44,7 +44,7 @@ class Canvas:
             if last <= first:
                 return None
             out.append(slice(first, last))
-        return tuple(out)
+        return out[0], out[1], out[2]
 
     def coords(self, box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Broadcastable (X, Y, Z) mm arrays of a box: shapes (1,1,ni), (1,nj,1), (nk,1,1)."""

@@ -8,7 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from challenge.cli import Parser, bounded
+from challenge.cli import Parser, add_out, add_verbosity, bounded, configure_logging
+from challenge.exitcodes import ExitCode
 from challenge.labels import BY_ID
 
 from .domains import DOMAIN_NAMES
@@ -24,7 +25,7 @@ log = logging.getLogger("phantoms")
 EPILOG = """\
 Writes OUT/images/<Case>_0000.nii.gz (int16 HU) and OUT/labels/<Case>.nii.gz (uint8, the 13
 FLARE22 organ ids, 0 = background); case ids are <prefix>_0001, <prefix>_0002, ...
-Case i depends only on (seed, i): --cases 3 and --cases 5 share their first three cases.
+Case i depends only on (seed, i): --count 3 and --count 5 share their first three cases.
 
 Defaults: 512 x 512 x 60..120 voxels, in-plane FOV 330-450 mm, z extent 150-300 mm, voxel
 axes LPS or RAS at random, non-zero origins. With only --shape, the spacing is chosen for
@@ -39,26 +40,18 @@ Domains (--domain):
   mixed        one of the above per case, drawn from the case's seed
 
 Examples:
-  python -m phantoms --out data/phantoms --cases 10 --seed 0
-  python -m phantoms --out /tmp/small --cases 3 --seed 1 --shape 96 96 40
-  python -m phantoms --out /tmp/ras --cases 2 --seed 7 --shape 128 128 48 --orientation RAS --oblique 10
-  python -m phantoms --out /tmp/mix --cases 20 --seed 3 --domain mixed --prefix Unlabelled
+  python -m phantoms --out data/phantoms --count 10 --seed 0
+  python -m phantoms --out /tmp/small --count 3 --seed 1 --shape 96 96 40
+  python -m phantoms --out /tmp/ras --count 2 --seed 7 --shape 128 128 48 --orientation RAS --oblique 10
+  python -m phantoms --out /tmp/mix --count 20 --seed 3 --domain mixed --prefix Unlabelled
 """
-
-
-
-
-
-
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="flare-phantoms", description="Synthetic abdominal CT phantoms with FLARE22 organ labels.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, type=Path, help="output folder (images/ and labels/ are created)")
-    p.add_argument("--cases", required=True, type=_positive_int, help="number of cases")
+    add_out(p, help="output folder (images/ and labels/ are created)")
+    p.add_argument("--count", required=True, type=_positive_int, help="number of cases")
     p.add_argument("--seed", type=_positive_int, default=0, help="data-set seed (default 0)")
     p.add_argument("--shape", type=_size, nargs=3, metavar=("X", "Y", "Z"),
                    help="voxels along i, j, k (default 512 512 60..120)")
@@ -71,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tilt the voxel grid in world by this angle, 0-30 (default 0); the anatomy stays "
                         "axis-aligned in world, so the image shows it rotated")
     p.add_argument("--prefix", default="Phantom", help="case-id prefix (default Phantom)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    add_verbosity(p)
+    p.rename("--cases", "--count")
     return p
 
 
@@ -90,7 +84,7 @@ def _check_writable(out: Path) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(message)s")
+    configure_logging(args)
     try:
         config = PhantomConfig(shape=tuple(args.shape) if args.shape else None,
                                spacing=tuple(args.spacing) if args.spacing else None, domain=args.domain,
@@ -107,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                  phantom.domain.name, phantom.seconds, write_s, f"  absent: {','.join(missing)}" if missing else "")
 
     try:
-        ids = write_dataset(args.out, args.cases, args.seed, config, on_case=report)
+        ids = write_dataset(args.out, args.count, args.seed, config, on_case=report)
     except OSError as err:
         print(f"flare-phantoms: error: writing under {args.out}: {err.strerror or err}", file=sys.stderr)
-        return 1
+        return ExitCode.HOST_FAULT
     log.info("wrote %d case(s) to %s", len(ids), args.out)
-    return 0
+    return ExitCode.OK

@@ -2,8 +2,8 @@
 
 Arrays are (k, j, i) = numpy-from-SimpleITK order: axis 0 is the slice axis. ``Geometry`` holds
 size/spacing/origin in (i, j, k) order and an LPS direction matrix. Case ``index`` (0-based) is
-named ``<prefix>_<index+1:04d>`` and depends only on (seed, index, config): ``--cases 3`` and
-``--cases 5`` share their first three cases, byte for byte.
+named ``<prefix>_<index+1:04d>`` and depends only on (seed, index, config): ``--count 3`` and
+``--count 5`` share their first three cases, byte for byte.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class CaseGrid:
     @property
     def shape(self) -> tuple[int, int, int]:
         """Output array shape (k, j, i)."""
-        return tuple(reversed(self.size))
+        return self.size[::-1]
 
     @property
     def oblique(self) -> bool:
@@ -72,8 +72,9 @@ class CaseGrid:
         """The output grid (size/spacing/origin in (i, j, k), LPS direction, row-major)."""
         origin = self.shift + self.origin_body
         direction = self.rot @ np.diag(np.array(_FLIPS[self.orientation], float))
-        return Geometry(tuple(int(n) for n in self.size), tuple(float(s) for s in self.spacing),
-                        tuple(float(o) for o in origin), tuple(float(d) for d in direction.ravel()))
+        (ni, nj, nk), (si, sj, sk), (oi, oj, ok) = self.size, self.spacing, origin
+        return Geometry((int(ni), int(nj), int(nk)), (float(si), float(sj), float(sk)),
+                        (float(oi), float(oj), float(ok)), tuple(float(d) for d in direction.ravel()))
 
     def to_output(self, array: np.ndarray) -> np.ndarray:
         """Canvas (k, j, i) array -> output (k, j, i) array: axes reversed as the orientation says,
@@ -131,10 +132,10 @@ def make_grid(rng: np.random.Generator, shape: tuple[int, int, int] | None,
     low, high = corners.min(axis=0) - step, corners.max(axis=0) + step
     if oblique_deg == 0:  # the canvas is the output grid itself
         low, high = centre - step * (size - 1) / 2, centre + step * (size - 1) / 2
-    axes = [lo + np.arange(int(round((hi - lo) / d)) + 1) * d for lo, hi, d in zip(low, high, step, strict=True)]
+    x, y, z = (lo + np.arange(int(round((hi - lo) / d)) + 1) * d for lo, hi, d in zip(low, high, step, strict=True))
     top = float(centre[2] + np.linalg.norm(fov) / 2)
-    return CaseGrid(*axes, tuple(int(n) for n in size), (float(sx), float(sy), float(sz)), orientation, rot, shift,
-                    origin_body, habitus, top)
+    return CaseGrid(x, y, z, (int(size[0]), int(size[1]), int(size[2])), (float(sx), float(sy), float(sz)),
+                    orientation, rot, shift, origin_body, habitus, top)
 
 
 def _habitus(rng: np.random.Generator, fov: np.ndarray) -> Habitus:

@@ -2,7 +2,10 @@
 
 ``predictor.pipeline.Predictor`` works on in-memory arrays (no file I/O, no SimpleITK), so the GPU
 benchmark can run it without NIfTI libraries; ``predictor.cli`` adds streaming NIfTI I/O and
-``predictor.train`` trains and exports the weights in ``predictor/weights/``.
+``predictor.training`` (``python -m predictor.train``) trains and exports the weights in
+``predictor/weights/``.
 """
 
-__version__ = "0.1.0"
+from challenge import __version__
+
+__all__ = ["__version__"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import queue
 import sys
 import threading
@@ -22,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from challenge.cases import IMAGE_SUFFIX, label_name, list_images
+from challenge.cli import Parser, add_images, add_out, add_verbosity, configure_logging, require_folder
+from challenge.exitcodes import ExitCode, for_failures
 from challenge.nifti import Geometry, NiftiError, read_image, write_label
 
 log = logging.getLogger("predictor")
@@ -30,12 +31,13 @@ _DONE = object()
 
 EPILOG = """\
 Examples:
-  python -m predictor -i data/phantoms/images -o /tmp/pred
-  python -m predictor -i inputs -o outputs --device cpu --threads 2
+  python -m predictor -i data/phantoms/images -o out/pred
+  python -m predictor --images inputs --out outputs --device cpu --threads 2
   python -m predictor -i inputs -o outputs --weights runs/r1/weights     # weights from predictor.train
 
 In the Docker image, `sh predict.sh` runs: python3 -m predictor -i /workspace/inputs -o /workspace/outputs
-Exit codes: 0 all cases written, 1 some case failed (one line each, naming the file), 2 bad arguments.
+Exit codes: 0 all cases written, 1 some case failed (one line each, naming the file), 2 bad arguments
+or weights, 130 interrupted (docs/cli.md).
 """
 
 
@@ -80,8 +82,7 @@ def _writer(jobs: queue.Queue, out_dir: Path, report: Report) -> None:
         target = out_dir / label_name(loaded.case)
         clock = time.perf_counter()
         try:
-            write_label(labels, loaded.geometry, target)
-            os.chmod(target, 0o644)  # the temporary file was 0600: the mount's owner must read it
+            write_label(labels, loaded.geometry, target)  # mode 0644: the mount's owner must read it
         except Exception as err:  # noqa: BLE001 - a failed write fails only its own case
             report.fail(f"{target}: cannot write ({type(err).__name__}: {str(err).splitlines()[0]})")
             continue
@@ -127,19 +128,20 @@ def run(in_dir: Path, out_dir: Path, predictor) -> Report:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m predictor", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Segment the 13 FLARE22 organs in every <Case>_0000.nii.gz of a folder (two-stage 3D U-Net).")
-    p.add_argument("-i", "--input", type=Path, required=True, help="folder of <Case>_0000.nii.gz CT images")
-    p.add_argument("-o", "--output", type=Path, required=True, help="folder for <Case>.nii.gz label maps")
+    add_images(p, short=True)
+    add_out(p, short=True, help="folder for the <Case>.nii.gz label maps")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: the GPU if torch sees one, else the CPU (default)")
     p.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped weights)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: env FLARE_THREADS or torch's)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    add_verbosity(p)
+    p.rename("--input", "--images")
+    p.rename("--output", "--out")
     args = p.parse_args(argv)
-    if not args.input.is_dir():
-        p.error(f"--input {args.input}: not a folder")
+    require_folder(p, args.images, "--images")
     if args.weights is not None and not args.weights.is_dir():
         p.error(f"--weights {args.weights}: not a folder")
     if args.threads < 0:
@@ -149,8 +151,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+    configure_logging(args)
     from .pipeline import Predictor, set_cpu_threads  # torch import after argument checks: --help stays fast
 
     set_cpu_threads(args.threads)
@@ -159,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         predictor = Predictor.load(args.weights, args.device)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         print(f"error: cannot load the model: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2 if isinstance(err, ValueError) else 1
+        return ExitCode.BAD_INPUT if isinstance(err, ValueError) else ExitCode.CASE_FAILED
     log.info("model loaded on %s in %.2f s", predictor.device, time.perf_counter() - clock)
-    report = run(args.input, args.output, predictor)
-    log.info("%d case(s) written to %s, %d failed, %.1f s in all", len(report.written), args.output,
+    try:
+        report = run(args.images, args.out, predictor)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    log.info("%d case(s) written to %s, %d failed, %.1f s in all", len(report.written), args.out,
              len(report.failed), time.perf_counter() - clock)
-    return 1 if report.failed else 0
+    return for_failures(len(report.failed))

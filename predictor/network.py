@@ -98,7 +98,8 @@ class UNet3D(nn.Module):
 
 def upsampled_shape(shape: tuple[int, ...], upsample: tuple[int, int, int]) -> tuple[int, int, int]:
     """The output grid's voxel counts for an input grid of ``shape`` (same axis order as ``upsample``)."""
-    return tuple(n * f for n, f in zip(shape, upsample, strict=True))
+    n0, n1, n2 = (n * f for n, f in zip(shape, upsample, strict=True))
+    return n0, n1, n2
 
 
 def depth_to_space(blocks: torch.Tensor, upsample: tuple[int, int, int]) -> torch.Tensor:

@@ -28,16 +28,18 @@ class Reorientation:
         # world axis w (0=x/L, 1=y/P, 2=z/S) <- voxel axis best[w]: the assignment with the largest |cosines|.
         best = max(itertools.permutations(range(3)), key=lambda p: sum(abs(d[w, p[w]]) for w in range(3)))
         # canonical array axis c holds world axis 2 - c; voxel axis a is array axis 2 - a.
-        perm = tuple(2 - best[2 - c] for c in range(3))
-        flip = tuple(bool(d[2 - c, best[2 - c]] < 0) for c in range(3))
-        return cls(perm, flip)
+        p0, p1, p2 = (2 - best[2 - c] for c in range(3))
+        f0, f1, f2 = (bool(d[2 - c, best[2 - c]] < 0) for c in range(3))
+        return cls((p0, p1, p2), (f0, f1, f2))
 
     def spacing(self, spacing_kji: tuple[float, float, float]) -> tuple[float, float, float]:
         """Array-order spacing (mm) -> canonical-order spacing (mm)."""
-        return tuple(float(spacing_kji[a]) for a in self.perm)
+        a, b, c = self.perm
+        return float(spacing_kji[a]), float(spacing_kji[b]), float(spacing_kji[c])
 
     def shape(self, shape_kji: tuple[int, ...]) -> tuple[int, int, int]:
-        return tuple(int(shape_kji[a]) for a in self.perm)
+        a, b, c = self.perm
+        return int(shape_kji[a]), int(shape_kji[b]), int(shape_kji[c])
 
     def forward(self, array):
         """(k, j, i) array (numpy or torch) -> canonical view/copy."""

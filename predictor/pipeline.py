@@ -116,9 +116,15 @@ def with_coords(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([x, *grids])
 
 
+def _size3(size: torch.Size) -> tuple[int, int, int]:
+    """A 3D ``torch.Size`` as a plain tuple of its three sizes."""
+    d, h, w = size
+    return d, h, w
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int, value: float) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """Pad a ``(C, D, H, W)`` tensor at the high end of each spatial axis; returns it and the spatial shape."""
-    shape = tuple(x.shape[-3:])
+    shape = _size3(x.shape[-3:])
     pads = [(-n) % multiple for n in shape]
     if not any(pads):
         return x, shape
@@ -126,7 +132,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, value: float) -> tuple[torch
 
 
 def roi_from_mask(mask: np.ndarray, full_shape: tuple[int, ...], spacing: tuple[float, ...],
-                  margin_mm: float) -> tuple[slice, slice, slice] | None:
+                  margin_mm: float) -> tuple[slice, ...] | None:
     """Bounding box of a coarse mask, scaled to ``full_shape`` voxels and grown by ``margin_mm``.
 
     ``spacing`` is the full grid's (mm, same axis order). None if the mask is empty.
@@ -192,7 +198,7 @@ def tile_windows(shape: tuple[int, ...], multiple: int, max_voxels: int, overlap
     for axis, n in enumerate(shape):
         hi = n if cap is None else max(min(n, cap[axis] // multiple * multiple), multiple)
         lo = min(up(min_size), hi)
-        sizes = {}
+        sizes: dict[int, int] = {}
         for k in range(1, 17):
             w = min(hi, max(lo, up(n / (1 + (k - 1) * (1 - overlap)))))
             step = max(int(w * (1 - overlap)) // multiple * multiple, multiple)  # the largest gap between starts
@@ -206,6 +212,7 @@ def tile_windows(shape: tuple[int, ...], multiple: int, max_voxels: int, overlap
         cost = (not fits, math.prod(w * k for w, k in combo) if fits else size)
         if best is None or cost < best[0]:
             best = (cost, combo)
+    assert best is not None  # product() yields at least one combination: every axis has a size
     win = tuple(w for w, _ in best[1])
     starts = []
     for n, (w, k) in zip(shape, best[1], strict=True):
@@ -229,8 +236,9 @@ class Predictor:
     def __init__(self, coarse: UNet3D, fine: UNet3D, config: PipelineConfig, device: torch.device) -> None:
         self.config = config
         self.device = device
-        self.coarse = coarse.to(device, memory_format=MEMORY_FORMAT).eval()
-        self.fine = fine.to(device, memory_format=MEMORY_FORMAT).eval()
+        # torch's stubs lack memory_format on Module.to (torch itself accepts it): hence the ignores
+        self.coarse = coarse.to(device, memory_format=MEMORY_FORMAT).eval()  # type: ignore[call-overload]
+        self.fine = fine.to(device, memory_format=MEMORY_FORMAT).eval()  # type: ignore[call-overload]
 
     @classmethod
     def load(cls, weights_dir: str | Path | None = None, device: str = "auto") -> Predictor:
@@ -246,7 +254,8 @@ class Predictor:
             state = torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True)
             net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
             nets.append(net)
-        return cls(*nets, PipelineConfig.from_dict(meta["pipeline"]), resolve_device(device))
+        coarse, fine = nets
+        return cls(coarse, fine, PipelineConfig.from_dict(meta["pipeline"]), resolve_device(device))
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -324,7 +333,7 @@ class Predictor:
             return self._segment(self.fine, next(inputs)), None
         prob = self._probabilities(self.fine, next(inputs))
         for x in inputs:
-            prob += resize_image(self._probabilities(self.fine, x), tuple(prob.shape[1:]))
+            prob += resize_image(self._probabilities(self.fine, x), _size3(prob.shape[1:]))
         prob /= len(cfg.fine_scales)
         return prob.argmax(0).to(torch.uint8), prob if cfg.resample == "probabilities" else None
 
@@ -365,7 +374,7 @@ class Predictor:
         t.stage2 = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        size = tuple(crop.shape)
+        size = _size3(crop.shape)
         out[roi] = resize_labels(fine, size) if prob is None else resize_probabilities(prob, size)
         labels = np.ascontiguousarray(reo.inverse(out).cpu().numpy())
         t.resample = time.perf_counter() - clock

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 def size_for_spacing(shape: tuple[int, ...], spacing: tuple[float, ...], target_mm: tuple[float, ...]
                      ) -> tuple[int, int, int]:
     """Voxel counts that cover the same extent at ``target_mm`` (all three in the same axis order)."""
-    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target_mm, strict=True))
+    n0, n1, n2 = (max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target_mm, strict=True))
+    return n0, n1, n2
 
 
 def resize_image(volume: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:

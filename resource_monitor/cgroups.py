@@ -58,8 +58,8 @@ def cgroup_of(pid: int | str, root: Path = Path("/")) -> Cgroup:
         return Cgroup(1, cpu, _v1_dir(base, "memory", v1["memory"]), _v1_dir(base, "pids", v1.get("pids", ""))
                       if "pids" in v1 else cpu)
     if unified is not None:
-        path = base / unified.lstrip("/")
-        return Cgroup(2, path, path, path)
+        unified_dir = base / unified.lstrip("/")
+        return Cgroup(2, unified_dir, unified_dir, unified_dir)
     raise ValueError(f"{root}/proc/{pid}/cgroup: neither cgroup v1 cpuacct+memory nor v2")
 
 

@@ -10,12 +10,14 @@ import tempfile
 from pathlib import Path
 
 from challenge import rules
-from challenge.cli import Parser, bounded
+from challenge.cli import Parser, add_cases, add_images, add_verbosity, bounded, configure_logging, require_folder
+from challenge.exitcodes import ExitCode, for_failures
+from challenge.teams import TeamNameError, check_team
 
 _positive = bounded(float, low=0, strict_low=True)
 
 EPILOG = """\
-For each <Case>_0000.nii.gz in CASES_DIR (sorted), a fresh input folder holding only that file is
+For each <Case>_0000.nii.gz in IMAGES_DIR (sorted), a fresh input folder holding only that file is
 mounted read-only at /workspace/inputs and a fresh output folder at /workspace/outputs, and the image
 runs `/bin/bash -c "sh predict.sh"` sandboxed: no network, all capabilities dropped,
 no-new-privileges, pids/memory/shm limits, optional CPU quota, killed after --timeout.
@@ -24,13 +26,17 @@ Writes RESULTS_DIR/<team>/: outputs/<Case>.nii.gz, cases/<Case>.json (+ .log), p
 efficiency.csv (official FLARE22 figures), efficiency_accurate.csv (per-container figures), run.json.
 
 Examples:
-  python -m resource_monitor run --image flare-predictor:latest --inputs data/images --results out/results
-  python -m resource_monitor run --archive teams/baseline.tar.gz --inputs data/images --results out/results
+  python -m resource_monitor run --image flare-predictor:latest --images data/images --results out/results
+  python -m resource_monitor run --archive teams/baseline.tar.gz --images data/images --results out/results
   python -m resource_monitor run --command "python -m predictor -i {inputs} -o {outputs}" \\
-      --team local --inputs data/images --results out/results        # no Docker: a host command per case
+      --team local --images data/images --results out/results        # no Docker: a host command per case
+
+Exit codes: 0 every case ok, 1 some case not ok (each one printed), 2 bad arguments or no image,
+3 a host fault, 130 interrupted (see docs/cli.md).
 """
 
 
+AUTO_GPU = -1  # --gpu auto: 0 if NVML sees a GPU, else none
 
 
 def _size(text: str) -> str:
@@ -42,14 +48,52 @@ def _size(text: str) -> str:
 def _gpu(text: str) -> int | None:
     if text.lower() == "none":
         return None
+    if text.lower() == "auto":
+        return AUTO_GPU
     if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a GPU index or 'none', got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a GPU index, 'auto' or 'none', got {text!r}")
     return int(text)
+
+
+def _team(text: str) -> str:
+    try:
+        return check_team(text)
+    except TeamNameError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """How each case runs: the options of ``flare-monitor run``, which the organizer's commands add too,
+    so that their defaults and validation are the same."""
+    g = parser.add_argument_group("how each case runs")
+    g.add_argument("--gpu", type=_gpu, default=AUTO_GPU, metavar="INDEX|auto|none",
+                   help="GPU index for docker and NVML (default auto: 0 if an NVIDIA GPU is present, else none)")
+    g.add_argument("--timeout", type=_positive, default=rules.TIME_LIMIT_S, help="seconds per case (default 3600)")
+    g.add_argument("--interval", type=_positive, default=rules.SAMPLE_INTERVAL_S, help="sampling period (0.1 s)")
+    g.add_argument("--memory", type=_size, default="28g", help="container memory limit, no swap (default 28g)")
+    g.add_argument("--shm-size", type=_size, default="28g", help="container /dev/shm size (default 28g)")
+    g.add_argument("--cpus", type=_positive, help="CPU quota in cores (default: none)")
+    add_cases(g)
+    g.add_argument("--writable-inputs", action="store_true", help="mount the per-case input copy read-write")
+    g.add_argument("--no-plots", action="store_true", help="skip the per-case PNGs")
+
+
+def run_settings(args: argparse.Namespace, *, images: Path, results: Path, team: str = "",
+                 image: str | None = None, command: str | None = None, resume: bool = False):
+    """The :class:`RunSettings` of the options :func:`add_run_options` added."""
+    from resource_monitor.gpu import default_gpu_index
+    from resource_monitor.settings import RunSettings
+
+    gpu = default_gpu_index() if args.gpu == AUTO_GPU else args.gpu
+    return RunSettings(inputs=images, results=results, team=team, image=image, command=command, gpu=gpu,
+                       timeout_s=args.timeout, interval_s=args.interval, memory=args.memory,
+                       shm_size=args.shm_size, cpus=args.cpus, cases_glob=args.cases,
+                       writable_inputs=args.writable_inputs, resume=resume, plots=not args.no_plots)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="flare-monitor", description="FLARE22 resource monitor: run and measure a submission.",
-                     epilog="Run `python -m resource_monitor run --help` for the details.")
+                    epilog="Run `python -m resource_monitor run --help` for the details.")
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     p = sub.add_parser("run", help="run a submission on every case", description=__doc__, epilog=EPILOG,
@@ -58,38 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--image", help="a local image NAME[:TAG]")
     what.add_argument("--archive", type=Path, help="a `docker save` archive TEAM.tar.gz holding TEAM:latest")
     what.add_argument("--command", help="local mode: a host command with {inputs} and {outputs}")
-    p.add_argument("--inputs", required=True, type=Path, metavar="CASES_DIR", help="<Case>_0000.nii.gz images")
+    add_images(p)
     p.add_argument("--results", required=True, type=Path, metavar="RESULTS_DIR", help="results root")
-    p.add_argument("--team", help="team name (default: from the archive, the image's repository, or 'local')")
-    p.add_argument("--gpu", type=_gpu, default=-1, metavar="INDEX|none",
-                   help="GPU index for docker and NVML (default: 0 if an NVIDIA GPU is present, else none)")
-    p.add_argument("--timeout", type=_positive, default=rules.TIME_LIMIT_S, help="seconds per case (default 3600)")
-    p.add_argument("--interval", type=_positive, default=rules.SAMPLE_INTERVAL_S, help="sampling period (0.1 s)")
-    p.add_argument("--memory", type=_size, default="28g", help="container memory limit, no swap (default 28g)")
-    p.add_argument("--shm-size", type=_size, default="28g", help="container /dev/shm size (default 28g)")
-    p.add_argument("--cpus", type=_positive, help="CPU quota in cores (default: none)")
-    p.add_argument("--cases", default="*", metavar="GLOB", help="only cases whose id matches (default all)")
-    p.add_argument("--writable-inputs", action="store_true", help="mount the per-case input copy read-write")
+    p.add_argument("--team", type=_team, help="team name (default: from the archive, the image's repository, "
+                                              "or 'local')")
     p.add_argument("--resume", action="store_true", help="skip cases already finished in RESULTS_DIR")
-    p.add_argument("--no-plots", action="store_true", help="skip the per-case PNGs")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_run_options(p)
+    add_verbosity(p)
+    p.rename("--inputs", "--images")
     return parser
-
-
-def _team_from_image(image: str) -> str:
-    return image.rsplit("/", 1)[-1].split("@")[0].split(":")[0].lower()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from resource_monitor.gpu import default_gpu_index
+    configure_logging(args, default=logging.WARNING, fmt="%(levelname)s %(message)s")
     from resource_monitor.monitor import MonitorError, load_archive, run_team, select_cases
-    from resource_monitor.settings import RunSettings
 
-    if not args.inputs.is_dir():
-        parser.error(f"--inputs {args.inputs}: no such folder")
+    require_folder(parser, args.images, "--images")
     if args.archive is not None and not args.archive.is_file():
         parser.error(f"--archive {args.archive}: no such file")
     try:
@@ -98,10 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         parser.error(f"--results {args.results}: not writable ({err.strerror})")
     try:
-        select_cases(args.inputs, args.cases)
+        select_cases(args.images, args.cases)
     except MonitorError as err:
         parser.error(str(err))
-    gpu = default_gpu_index() if args.gpu == -1 else args.gpu
     image, client = args.image, None
     try:
         if args.command is None:
@@ -109,17 +138,26 @@ def main(argv: list[str] | None = None) -> int:
             if args.archive is not None:
                 team, image = load_archive(client, args.archive)
                 args.team = args.team or team
-        team = args.team or ("local" if args.command else _team_from_image(image))
-        settings = RunSettings(inputs=args.inputs, results=args.results, team=team, image=image, command=args.command,
-                               gpu=gpu, timeout_s=args.timeout, interval_s=args.interval, memory=args.memory,
-                               shm_size=args.shm_size, cpus=args.cpus, cases_glob=args.cases,
-                               writable_inputs=args.writable_inputs, resume=args.resume, plots=not args.no_plots)
-        team_dir = run_team(settings, client)
+        team = args.team or ("local" if args.command else _team_from_image(parser, image))
+        settings = run_settings(args, images=args.images, results=args.results, team=team, image=image,
+                                command=args.command, resume=args.resume)
+        result = run_team(settings, client)
     except MonitorError as err:
         print(f"flare-monitor: error: {err}", file=sys.stderr)
-        return 2
-    print(team_dir / "efficiency.csv")
-    return 0
+        return ExitCode.BAD_INPUT
+    for line in result.failed:
+        print(f"flare-monitor: not ok: {line}", file=sys.stderr)
+    print(result.team.efficiency_csv)
+    return for_failures(len(result.failed))
+
+
+def _team_from_image(parser: argparse.ArgumentParser, image: str) -> str:
+    from challenge.teams import team_from_image
+
+    try:
+        return team_from_image(image)
+    except TeamNameError as err:
+        parser.error(f"--image {image}: {err}; give --team")
 
 
 def _docker_client(parser: argparse.ArgumentParser):

@@ -2,18 +2,19 @@
 
 Only ``<Case>.nii.gz`` is taken. It must be a regular file (not a symlink, device, fifo or folder) no
 larger than the cap. It is opened with O_NOFOLLOW relative to the output folder, so no path can lead
-out of that folder, and copied to a temporary name beside the destination, then renamed.
+out of that folder, and copied through the one atomic writer (challenge.files).
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from challenge.cases import label_name
+from challenge.files import atomic_write_binary
 
 
 @dataclass
@@ -43,21 +44,20 @@ def collect_output(case: str, out_dir: Path, dest_dir: Path, cap_bytes: int) -> 
         return Collected(None, f"{expected} cannot be opened safely ({err.strerror})", unexpected)
     finally:
         os.close(dir_fd)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{expected}.", dir=dest_dir)
     try:
-        with os.fdopen(src_fd, "rb") as src, os.fdopen(fd, "wb") as dst:
+        with os.fdopen(src_fd, "rb") as src:
             if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):  # swapped after lstat
                 raise ValueError(f"{expected} is not a regular file")
-            copied = 0
-            while chunk := src.read(1 << 20):
-                copied += len(chunk)
-                if copied > cap_bytes:
-                    raise ValueError(f"{expected} grew over the cap of {cap_bytes} bytes")
-                dst.write(chunk)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest_dir / expected)
+            atomic_write_binary(dest_dir / expected, lambda dst: _copy_capped(src, dst, expected, cap_bytes))
     except (OSError, ValueError) as err:
-        Path(tmp).unlink(missing_ok=True)
         return Collected(None, str(err), unexpected)
     return Collected(dest_dir / expected, None, unexpected)
+
+
+def _copy_capped(src: BinaryIO, dst: BinaryIO, name: str, cap_bytes: int) -> None:
+    copied = 0
+    while chunk := src.read(1 << 20):
+        copied += len(chunk)
+        if copied > cap_bytes:
+            raise ValueError(f"{name} grew over the cap of {cap_bytes} bytes")
+        dst.write(chunk)

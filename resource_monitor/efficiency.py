@@ -71,10 +71,11 @@ def flare22_figures(series: Series, time_s: float, timed_out: bool) -> dict:
     gpu_values = [v for v in series.gpu_device_mib if v is not None]
     has_gpu = bool(gpu_values)
     gpu = np.asarray(gpu_values, dtype=float)
+    gpu_mem = stable_max(gpu_values)  # None exactly when there is no GPU sample
     # Rounded exactly where, and as, load_json.py rounded (np.round, half to even); tol2G is ours: 2 decimals.
     row = {
         "Time": _r(time_s, 2),
-        "GPU_Mem": _r(stable_max(gpu_values), 0) if has_gpu else None,
+        "GPU_Mem": _r(gpu_mem, 0) if gpu_mem is not None else None,
         "AUC_GPU_Time": _r(gpu.sum() * dt, 0) if has_gpu else None,
         "AUC_GPU_Time_tol2G": _r(np.maximum(gpu - rules.GPU_TOLERANCE_MIB, 0).sum() * dt, 2) if has_gpu else None,
         "CPU_Utilization": _r(cpu.max(), 2) if len(cpu) else 0.0,

@@ -3,7 +3,9 @@
 Flow per case (in sorted case order): stage a throwaway input folder holding only ``<Case>_0000.nii.gz``
 and a fresh output folder -> start the sampler -> run (container or local command) -> stop the sampler
 -> collect the output safely -> figures -> ``cases/<Case>.json``, the PNG, and both efficiency CSVs
-rebuilt from the records. ``run.json`` holds the host's fingerprint, the image, the settings and the run id.
+rebuilt from the records. ``run.json`` (:class:`challenge.results.RunRecord`) holds the run id, the image,
+the settings, the host's fingerprint and one attempt per invocation. The folder's layout is
+:mod:`challenge.results`'s.
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from challenge.cases import list_images
+from challenge.files import atomic_write_text
+from challenge.results import RunRecord, TeamDir, finish_attempt, finished_cases, new_run_id, read_run, write_json
+from challenge.teams import TeamNameError, team_from_archive
 from resource_monitor.collect import collect_output
-from resource_monitor.efficiency import accurate_figures, flare22_figures
+from resource_monitor.efficiency import accurate_figures, flare22_figures, official_cpu_percent
 from resource_monitor.gpu import Gpu
 from resource_monitor.host import fingerprint
 from resource_monitor.plot import plot_case
-from resource_monitor.records import finished_cases, write_efficiency_tables, write_json
+from resource_monitor.records import write_efficiency_tables
 from resource_monitor.runners import (
     LABEL_HOST,
     LABEL_PID,
@@ -58,12 +63,14 @@ def select_cases(inputs: Path, pattern: str) -> dict[str, Path]:
 
 def load_archive(client, archive: Path) -> tuple[str, str]:
     """``docker load`` a ``docker save`` archive (gzip or plain); returns (team, "team:latest").
-    The team is the file name up to its first dot, in lower case, as FLARE22 derived it."""
+    The team is the file name up to its first dot, in lower case, as FLARE22 derived it
+    (:func:`challenge.teams.team_from_archive`)."""
     import docker
 
-    team = archive.name.split(".")[0].lower()
-    if not team:
-        raise MonitorError(f"{archive}: cannot derive a team name from the file name")
+    try:
+        team = team_from_archive(archive)
+    except TeamNameError as err:
+        raise MonitorError(str(err)) from None
     try:
         with archive.open("rb") as f:
             images = client.images.load(f)
@@ -124,9 +131,20 @@ def _stage(work: Path, image: Path, writable: bool) -> tuple[Path, Path]:
     return in_dir, out_dir
 
 
-def run_case(case: str, image: Path, runner: CaseRunner, settings: RunSettings, gpu: Gpu | None) -> dict:
+@dataclass
+class TeamRun:
+    """What one invocation of :func:`run_team` did: the team folder, and the cases it ran by status kind."""
+
+    team: TeamDir
+    run_id: str
+    counts: dict[str, int] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)  # "<Case>: <status>" of every case not ok
+
+
+def run_case(case: str, image: Path, runner: CaseRunner, settings: RunSettings, gpu: Gpu | None,
+             run_id: str = "") -> dict:
     """Run one case and return its record (also written to ``cases/<Case>.json``)."""
-    team_dir = settings.team_dir
+    team = settings.team_dir
     with tempfile.TemporaryDirectory(prefix=f"flare-{case}-", ignore_cleanup_errors=True) as tmp:
         in_dir, out_dir = _stage(Path(tmp), image, settings.writable_inputs)
         sampler = Sampler(settings.interval_s, gpu)
@@ -135,78 +153,100 @@ def run_case(case: str, image: Path, runner: CaseRunner, settings: RunSettings, 
         outcome = runner.run(case, in_dir, out_dir, sampler, settings.timeout_s)
         teardown_end = time.monotonic() - sampler.t0
         series = sampler.stop()
-        # The issue's Time ends at the target's exit; the official run also timed `--rm` (teardown_end).
+        # Time ends at the target's exit; the official run also timed `--rm` (teardown_end).
         time_s = outcome.timeline.exited if outcome.error is None else teardown_end
         collected_path, refused, unexpected = None, None, []
         if outcome.error is None and not outcome.timed_out:
-            got = collect_output(case, out_dir, team_dir / "outputs", settings.output_cap_bytes)
+            got = collect_output(case, out_dir, team.outputs, settings.output_cap_bytes)
             collected_path, refused, unexpected = got.path, got.refused, got.unexpected
     status = case_status(outcome, collected_path, refused, settings.memory)
-    (team_dir / "cases").mkdir(parents=True, exist_ok=True)
-    (team_dir / "cases" / f"{case}.log").write_text(outcome.log)
+    atomic_write_text(team.case_log(case), outcome.log)
     record = {
-        "case": case, "status": status, "finished": True,
+        "case": case, "run_id": run_id, "status": status, "finished": True,
         "started_utc": started_utc, "time_s": time_s, "time_s_with_teardown": teardown_end,
         "created_s": outcome.timeline.created, "startup_s": outcome.timeline.started,
         "exited_s": outcome.timeline.exited,
         "exit_code": outcome.exit_code, "oom": outcome.oom, "timed_out": outcome.timed_out,
-        "log_tail": outcome.log.splitlines()[-settings.log_tail_lines:], "log_file": f"{case}.log",
+        "log_tail": outcome.log.splitlines()[-settings.log_tail_lines:], "log_file": team.case_log(case).name,
         "unexpected_outputs": unexpected, "params": outcome.params, **outcome.extra,
         "flare22": flare22_figures(series, time_s, outcome.timed_out),
         "accurate": accurate_figures(series, outcome.timeline, outcome.cpu_total_s),
         "series": series.to_json(),
+        "cpu_percent": official_cpu_percent(series).round(3).tolist() if len(series) else [],
     }
-    write_json(team_dir / "cases" / f"{case}.json", record)
+    write_json(team.case_record(case), record)
     if settings.plots:
-        plot_case(series, f"{settings.team} / {case}: {status}", team_dir / "plots" / f"{case}.png")
+        plot_case(series, f"{settings.team} / {case}: {status}", team.plot(case))
     return record
 
 
-def run_team(settings: RunSettings, docker_client=None) -> Path:
-    """Run ``settings.image`` (or ``settings.command``) on every selected case; returns the team folder.
+def _runner(settings: RunSettings, run_id: str, docker_client) -> tuple[CaseRunner, dict | None, object]:
+    """The case runner of ``settings``, the image's description (None in local mode) and the Docker client."""
+    if settings.command:
+        return LocalRunner(settings.command), None, None
+    import docker
 
-    Raises MonitorError before any case runs when there are no cases or the image is missing.
+    if settings.image is None:
+        raise MonitorError("no image and no command to run")
+    client = docker_client or docker.from_env()
+    remove_leftovers(client)
+    try:
+        image = client.images.get(settings.image)
+    except docker.errors.ImageNotFound:
+        raise MonitorError(f"--image {settings.image}: no such image (load or build it first)") from None
+    info = {"tag": settings.image, "id": image.id, "digests": image.attrs.get("RepoDigests", []),
+            "created": image.attrs.get("Created")}
+    return DockerRunner(client, settings.image, run_id, settings), info, client
+
+
+def _run_record(settings: RunSettings, cases: list[str]) -> RunRecord:
+    """The team's run record: the existing one when resuming (its run id survives), else a new one."""
+    previous = read_run(settings.team_dir) if settings.resume else None
+    snapshot = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()}
+    if previous is not None:
+        previous.settings, previous.cases = snapshot, cases
+        return previous
+    return RunRecord(run_id=new_run_id(), team=settings.team, cases=cases, settings=snapshot,
+                     command=settings.command)
+
+
+def run_team(settings: RunSettings, docker_client=None) -> TeamRun:
+    """Run ``settings.image`` (or ``settings.command``) on every selected case; returns what it did.
+
+    Raises MonitorError before any case runs when there are no cases or the image is missing. With
+    ``settings.resume``, finished cases are skipped and the run id of ``run.json`` is kept; every call
+    appends an attempt to ``run.json``.
     """
     cases = select_cases(settings.inputs, settings.cases_glob)
-    team_dir = settings.team_dir
-    team_dir.mkdir(parents=True, exist_ok=True)
-    run_id = uuid.uuid4().hex
+    team = settings.team_dir
+    team.path.mkdir(parents=True, exist_ok=True)
+    record = _run_record(settings, list(cases))
     gpu = Gpu.open(settings.gpu)
-    image_info, client = None, None
-    if settings.command:
-        runner: CaseRunner = LocalRunner(settings.command, team_dir / "cases")
-    else:
-        import docker
-
-        client = docker_client or docker.from_env()
-        remove_leftovers(client)
-        try:
-            image = client.images.get(settings.image)
-        except docker.errors.ImageNotFound:
-            raise MonitorError(f"--image {settings.image}: no such image (load or build it first)") from None
-        image_info = {"tag": settings.image, "id": image.id, "digests": image.attrs.get("RepoDigests", []),
-                      "created": image.attrs.get("Created")}
-        runner = DockerRunner(client, settings.image, run_id, settings)
-    manifest = {"run_id": run_id, "team": settings.team, "started_utc": datetime.now(timezone.utc).isoformat(),
-                "monitor": monitor_identity(), "host": fingerprint(gpu, client),
-                "image": image_info, "command": settings.command,
-                "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()},
-                "cases": list(cases)}
-    write_json(team_dir / "run.json", manifest)
-    done = finished_cases(team_dir / "cases") if settings.resume else set()
-    counts: dict[str, int] = {}
+    runner, record.image, client = _runner(settings, record.run_id, docker_client)
+    record.host = fingerprint(gpu, client)
+    attempt = record.start_attempt(monitor=monitor_identity())
+    record.save(team)
+    done = finished_cases(team) if settings.resume else set()
+    result = TeamRun(team, record.run_id)
     for n, (case, image_path) in enumerate(cases.items(), 1):
         if case in done:
             print(f"[{n}/{len(cases)}] {settings.team} {case}: already finished (--resume)", flush=True)
             continue
-        record = run_case(case, image_path, runner, settings, gpu)
-        write_efficiency_tables(team_dir)
-        kind = record["status"].split(":")[0]
-        counts[kind] = counts.get(kind, 0) + 1
-        f = record["flare22"]
-        print(f"[{n}/{len(cases)}] {settings.team} {case}: {record['status']}, Time {f['Time']:.2f} s, "
-              f"AUC_CPU {f['AUC_CPU_Time']:.1f} %s, GPU_Mem {f['GPU_Mem']} MiB", flush=True)
-    write_efficiency_tables(team_dir)
-    manifest.update(finished_utc=datetime.now(timezone.utc).isoformat(), status_counts=counts)
-    write_json(team_dir / "run.json", manifest)
-    return team_dir
+        case_record = run_case(case, image_path, runner, settings, gpu, record.run_id)
+        write_efficiency_tables(team)
+        status = case_record["status"]
+        kind = status.split(":")[0]
+        result.counts[kind] = result.counts.get(kind, 0) + 1
+        if status != "ok":
+            result.failed.append(f"{case}: {status}")
+        print(f"[{n}/{len(cases)}] {settings.team} {case}: {_console_line(case_record)}", flush=True)
+    write_efficiency_tables(team)
+    finish_attempt(attempt, "complete", result.counts)
+    record.save(team)
+    return result
+
+
+def _console_line(record: dict) -> str:
+    f = record["flare22"]
+    gpu = "-" if f["GPU_Mem"] is None else f"{f['GPU_Mem']:.0f} MiB"
+    return (f"{record['status']}, Time {f['Time']:.2f} s, AUC_CPU {f['AUC_CPU_Time']:.1f} %*s, GPU_Mem {gpu}")

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from challenge.files import atomic_path  # noqa: E402
 from resource_monitor.efficiency import official_cpu_percent  # noqa: E402
 from resource_monitor.sampling import Series  # noqa: E402
 
@@ -35,7 +36,9 @@ def plot_case(series: Series, title: str, path: Path) -> Path:
         ax.legend(loc="upper right", fontsize=7)
     axes[0].set_title(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=70)
-    plt.close(fig)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=70, format="png")
+    finally:
+        plt.close(fig)
     return path

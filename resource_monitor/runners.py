@@ -11,6 +11,7 @@ import resource
 import shlex
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,8 +191,8 @@ class LocalRunner:
     """Runs a host command per case, e.g. ``python -m predictor -i {inputs} -o {outputs}``, in its own
     process group (killed whole on timeout). No sandbox: for development and hosts without Docker."""
 
-    def __init__(self, command: str, log_dir: Path):
-        self.command, self.log_dir = command, log_dir
+    def __init__(self, command: str):
+        self.command = command
 
     def run(self, case: str, in_dir: Path, out_dir: Path, sampler: Sampler, timeout_s: float) -> Outcome:
         # Plain replacement, not str.format: other braces in the command (a dict literal) stay as they are.
@@ -199,10 +200,9 @@ class LocalRunner:
                 for a in shlex.split(self.command)]
         params = {"argv": argv, "timeout_s": timeout_s}
         now = lambda: time.monotonic() - sampler.t0  # noqa: E731
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f".{case}.local.log"
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        with log_path.open("wb") as log_file:
+        # The child's output goes to an unnamed temporary file (never a results file), read back at exit.
+        with tempfile.TemporaryFile() as log_file:
             try:
                 proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True)
@@ -220,10 +220,10 @@ class LocalRunner:
                 proc.wait()
             exited = now()
             sampler.probe = None
+            log_file.seek(0)
+            text = log_file.read().decode("utf-8", errors="replace")
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        text = log_path.read_text(errors="replace")
-        log_path.unlink(missing_ok=True)
         oom = proc.returncode == -signal.SIGKILL and not timed_out
         return Outcome(proc.returncode, timed_out, oom, text, Timeline(started, exited), params, cpu_total_s=cpu)
 

@@ -95,6 +95,7 @@ class Sampler:
 
     def _sample(self) -> None:
         s = self.series
+        assert s is not None  # set by start(), before the sampling thread runs
         probe = self.probe
         pids, cpu_s, memory = (_safe(probe.read) or (None, None, None)) if probe else (None, None, None)
         s.t.append(time.monotonic() - self.t0)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from challenge import rules
+from challenge.results import TeamDir, team_dir
 
 
 @dataclass
@@ -35,5 +36,6 @@ class RunSettings:
     extra: dict = field(default_factory=dict)
 
     @property
-    def team_dir(self) -> Path:
-        return self.results / self.team
+    def team_dir(self) -> TeamDir:
+        """The team's folder under ``results``; TeamNameError for a team name that is not valid."""
+        return team_dir(self.results, self.team)

@@ -16,6 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCKER_CLI = "/usr/bin/docker"
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "flare-base:bookworm")
+REAL_DATA = Path(os.environ.get("FLARE_REAL_DATA", REPO / "tests" / "data" / "real"))
 
 
 def _engine_problem() -> str | None:
@@ -31,8 +32,8 @@ def _engine_problem() -> str | None:
 def docker_build(context: Path, tag: str, **build_args: str) -> str:
     """``DOCKER_BUILDKIT=1 docker build`` of ``context`` with the engine's own client; returns ``tag``."""
     args = [a for k, v in build_args.items() for a in ("--build-arg", f"{k}={v}")]
-    subprocess.run([DOCKER_CLI, "build", "-q", *args, "-t", tag, str(context)], check=True, capture_output=True,
-                   env={"DOCKER_BUILDKIT": "1", "PATH": "/usr/bin:/bin"})
+    subprocess.run([DOCKER_CLI, "build", "-q", "--network", "none", *args, "-t", tag, str(context)], check=True,
+                   capture_output=True, env={"DOCKER_BUILDKIT": "1", "PATH": "/usr/bin:/bin"})
     return tag
 
 
@@ -59,6 +60,15 @@ def base_image(docker_client) -> str:
     except docker.errors.ImageNotFound:
         subprocess.run(["bash", str(REPO / "docker/base/build.sh"), BASE_IMAGE], check=True)
     return BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def real_ct() -> Path:
+    """The real CT folder (images/, labels/, labels_alt/; tests/data/real/README.md), or skip with the reason.
+    The environment variable FLARE_REAL_DATA points it elsewhere."""
+    if not (REAL_DATA / "labels" / "RealTS_001.nii.gz").is_file():
+        pytest.skip(f"the real CT is not in {REAL_DATA} (set FLARE_REAL_DATA)")
+    return REAL_DATA
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """A slow, literal re-implementation of the official FLARE22 scorer, to test the fast evaluator against.
 
-Written from the algorithm description (shared/reference/flare22_spec.md §2; DeepMind's
+Written from the algorithm of the official scorer (JunMa11/FLARE, FLARE22/Evaluation; docs/metrics.md; DeepMind's
 ``compute_surface_distances`` / ``compute_surface_dice_at_tolerance`` / ``compute_dice_coefficient``),
 not copied. It keeps every step of the official path:
 - arrays in nibabel order (i, j, k), spacing from ``header.get_zooms()`` in that order, the label

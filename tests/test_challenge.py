@@ -119,3 +119,96 @@ def test_2d_and_4d_images_are_refused(tmp_path):
     for name in ["flat.nii.gz", "four.nii.gz"]:
         with pytest.raises(NiftiError, match="expected a 3D"):
             read_image(tmp_path / name)
+
+
+# --- the one atomic writer ------------------------------------------------------------------------------
+
+def test_atomic_writes_replace_whole_files_readable_by_all(tmp_path):
+    from challenge.files import atomic_path, atomic_write_bytes, atomic_write_text
+
+    target = tmp_path / "deep" / "f.txt"
+    atomic_write_text(target, "one")
+    atomic_write_bytes(target, b"two")
+    assert target.read_bytes() == b"two" and (target.stat().st_mode & 0o777) == 0o644
+    with atomic_path(tmp_path / "fig.png", suffix=".png") as tmp:
+        assert tmp.name.endswith(".png") and tmp.parent == tmp_path  # a library may infer the type
+        tmp.write_bytes(b"png")
+    assert (tmp_path / "fig.png").read_bytes() == b"png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "fig.png"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    from challenge.files import atomic_write, atomic_write_text
+
+    target = atomic_write_text(tmp_path / "f.csv", "old")
+
+    def crash(handle):
+        handle.write("half of the new")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, crash)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.csv"]
+
+
+# --- team names -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["team", "team-a", "a_b", "a__b", "a.b", "t0", "a--b", "x" * 64])
+def test_valid_team_names(name):
+    from challenge.teams import check_team
+
+    assert check_team(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "Team", "team one", "../x", "a/b", ".hidden", "-a", "a-", "a___b", "$\\foo$",
+                                  "x" * 65, "é"])
+def test_invalid_team_names_are_refused_in_one_line(name):
+    from challenge.teams import TeamNameError, check_team
+
+    with pytest.raises(TeamNameError) as err:
+        check_team(name)
+    assert "\n" not in str(err.value)
+
+
+def test_team_names_come_from_archives_as_flare_derived_them():
+    from challenge.teams import TeamNameError, team_from_archive
+
+    assert team_from_archive("Team-A.tar.gz") == "team-a"
+    assert team_from_archive("/some/where/abc.v2.tar") == "abc"
+    with pytest.raises(TeamNameError, match=".hidden.tar"):
+        team_from_archive(".hidden.tar")
+
+
+def test_a_team_folder_is_never_outside_the_results(tmp_path):
+    from challenge.results import team_dir
+    from challenge.teams import TeamNameError
+
+    assert team_dir(tmp_path, "ok").path == tmp_path / "ok"
+    for bad in ("../../x", "/abs", "a/../../b"):
+        with pytest.raises(TeamNameError):
+            team_dir(tmp_path, bad)
+
+
+# --- run.json -------------------------------------------------------------------------------------------
+
+def test_run_record_round_trips_and_keeps_every_attempt(tmp_path):
+    from challenge.results import RUN_SCHEMA, RunRecord, TeamDir, finish_attempt, read_run
+
+    team = TeamDir(tmp_path / "t")
+    record = RunRecord(run_id="abc", team="t", cases=["A"], settings={"timeout_s": 60.0})
+    finish_attempt(record.start_attempt(monitor="1:2.00"), "interrupted", {"ok": 1})
+    record.save(team)
+    again = read_run(team)
+    assert again is not None and again == record and again.schema == RUN_SCHEMA
+    again.start_attempt()
+    again.save(team)
+    attempts = read_run(team).attempts
+    assert [a.run_id for a in attempts] == ["abc", "abc"] and attempts[0].status == "interrupted"
+    assert attempts[1].status == "running" and attempts[1].host
+
+
+def test_exit_codes_are_the_documented_table():
+    from challenge.exitcodes import ExitCode, for_failures
+
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 130]
+    assert for_failures(0) == 0 and for_failures(3) == 1

@@ -23,7 +23,6 @@ from tests.test_evaluator_metrics import random_labels
 
 GRID = Geometry(size=(20, 18, 12), spacing=(0.9, 1.1, 2.5), origin=(-10.0, 5.0, 30.0),
                 direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-REAL = Path("/work/shared/data/real")
 
 
 def case_labels(seed: int) -> np.ndarray:
@@ -145,9 +144,8 @@ def test_score_case_is_picklable_and_plain(tmp_path):
     assert result.status == "ok" and result.dsc_mean == 1.0 and result.nsd_mean == 1.0
 
 
-@pytest.mark.skipif(not (REAL / "labels" / "RealTS_001.nii.gz").exists(), reason="real CT sample not present")
-def test_real_labels_equal_the_reference(tmp_path):
-    gt, pred = REAL / "labels" / "RealTS_001.nii.gz", REAL / "labels_alt" / "RealTS_001.nii.gz"
+def test_real_labels_equal_the_reference(real_ct):
+    gt, pred = real_ct / "labels" / "RealTS_001.nii.gz", real_ct / "labels_alt" / "RealTS_001.nii.gz"
     result = score_case(gt, pred)
     ref = reference_case(gt, pred)
     for organ in ORGANS:
@@ -167,13 +165,23 @@ def test_spacing_is_the_gt_headers_get_zooms(tmp_path):
 
 # --- CLI ----------------------------------------------------------------------------------------------------
 
-def test_cli_scores_and_exits_0(folders, tmp_path, capsys):
+def test_cli_scores_every_case_and_exits_1_when_one_is_not_ok(folders, tmp_path, capsys):
     gt_dir, pred_dir = folders
     code = main(["score", "--gt", str(gt_dir), "--pred", str(pred_dir), "--out", str(tmp_path / "o"),
                  "--workers", "1"])
-    assert code == 0
+    assert code == 1  # the folder has missing and invalid predictions: exit code table, "a case failed"
     assert len(pd.read_csv(tmp_path / "o" / "metrics.csv")) == 7
-    assert "scoring" in capsys.readouterr().err  # the progress bar, for more than a few cases
+    err = capsys.readouterr().err
+    assert "scoring" in err  # the progress bar, for more than a few cases
+    assert "not ok: B: missing" in err
+
+
+def test_cli_exits_0_when_every_case_is_ok(tmp_path):
+    for case in ("A", "B"):
+        write_label(case_labels(1), GRID, tmp_path / "gt" / f"{case}.nii.gz")
+        write_label(case_labels(1), GRID, tmp_path / "pred" / f"{case}.nii.gz")
+    assert main(["score", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred"), "--out",
+                 str(tmp_path / "o"), "--workers", "1", "-q"]) == 0
 
 
 @pytest.mark.parametrize("args, message", [
@@ -205,6 +213,6 @@ def test_python_m_evaluator_help_and_run(folders, tmp_path):
     assert done.returncode == 0 and "Examples:" in done.stdout and "strict" in done.stdout
     done = subprocess.run([sys.executable, "-m", "evaluator", "score", "--gt", str(gt_dir), "--pred", str(pred_dir),
                            "--out", str(tmp_path / "o"), "-q"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # the folder holds missing and invalid predictions
     table = pd.read_csv(tmp_path / "o" / "metrics.csv")
     assert not math.isnan(table["DSC_mean"].iloc[0])

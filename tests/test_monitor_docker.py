@@ -18,10 +18,10 @@ import pandas as pd
 import psutil
 import pytest
 
+from challenge.results import TeamDir, read_table
 from phantoms import PhantomConfig, write_dataset
 from resource_monitor.cli import main as monitor_main
 from resource_monitor.monitor import MonitorError, load_archive, remove_leftovers, run_team
-from resource_monitor.records import read_efficiency
 from resource_monitor.runners import LABEL_HOST, LABEL_PID, LABEL_RUN, monitor_alive, monitor_identity
 from resource_monitor.settings import RunSettings
 from tests.conftest import DOCKER_CLI, docker_build
@@ -57,7 +57,7 @@ def _run(docker_client, image, cases, results, **kw) -> tuple[Path, pd.DataFrame
     settings = RunSettings(inputs=cases, results=results, team=kw.pop("team", "t"), image=image, gpu=None,
                            memory=kw.pop("memory", "256m"), shm_size="64m", timeout_s=kw.pop("timeout_s", 30),
                            plots=kw.pop("plots", False), **kw)
-    team_dir = run_team(settings, docker_client)
+    team_dir = run_team(settings, docker_client).team.path
     return team_dir, pd.read_csv(team_dir / "efficiency.csv", dtype={"Name": str})
 
 
@@ -87,7 +87,7 @@ def test_success_writes_every_file(docker_client, test_images, cases, tmp_path):
     assert (accurate["startup_s"] > 0).all() and (accurate["run_s"] > 0).all()
     run = json.loads((team_dir / "run.json").read_text())
     assert run["image"]["id"].startswith("sha256:") and run["host"]["logical_cores"] == os.cpu_count()
-    assert run["host"]["docker"]["server"] and run["status_counts"] == {"ok": 2}
+    assert run["host"]["docker"]["server"] and run["attempts"][-1]["counts"] == {"ok": 2}
     assert sorted(p.name for p in (team_dir / "plots").iterdir()) == ["Phantom_0001.png", "Phantom_0002.png"]
     assert _digest(cases) == before and _no_leftovers(docker_client)
 
@@ -208,7 +208,7 @@ def test_cli_archive_run_and_resume(docker_client, test_images, cases, tmp_path,
     archive = tmp_path / f"{team}.tar.gz"
     subprocess.run(f"{DOCKER_CLI} save {team}:latest | gzip -1 > {archive}", shell=True, check=True)
     try:
-        args = ["run", "--archive", str(archive), "--inputs", str(cases), "--results", str(tmp_path / "r"),
+        args = ["run", "--archive", str(archive), "--images", str(cases), "--results", str(tmp_path / "r"),
                 "--gpu", "none", "--memory", "256m", "--shm-size", "64m", "--timeout", "60", "--no-plots"]
         assert monitor_main(args) == 0
         first = (tmp_path / "r" / team / "efficiency.csv").read_text()
@@ -264,4 +264,4 @@ def test_a_live_run_survives_another_monitors_clean_up(docker_client, test_image
         assert running[0].name not in remove_leftovers(docker_client)
     finally:
         worker.join(60)
-    assert read_efficiency(tmp_path / "live")["status"].tolist() == ["timeout"]  # not "exit code 137"
+    assert read_table(TeamDir(tmp_path / "live").efficiency_csv)["status"].tolist() == ["timeout"]  # not exit code 137

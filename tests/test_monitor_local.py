@@ -49,7 +49,7 @@ def _settings(cases, tmp_path, mode, **kw):
 
 def test_process_tree_cpu_in_both_modes(cases, tmp_path):
     busy = busy_cores()
-    team_dir = run_team(_settings(cases, tmp_path, "child"))
+    team_dir = run_team(_settings(cases, tmp_path, "child")).team.path
     eff = pd.read_csv(team_dir / "efficiency.csv")
     accurate = pd.read_csv(team_dir / "efficiency_accurate.csv").iloc[0]
     assert eff["status"].tolist() == ["ok"] and (team_dir / "outputs/Phantom_0001.nii.gz").exists()
@@ -65,7 +65,7 @@ def test_process_tree_cpu_in_both_modes(cases, tmp_path):
 
 
 def test_timeout_kills_the_whole_process_group(cases, tmp_path):
-    team_dir = run_team(_settings(cases, tmp_path, "sleep", timeout_s=2))
+    team_dir = run_team(_settings(cases, tmp_path, "sleep", timeout_s=2)).team.path
     eff = pd.read_csv(team_dir / "efficiency.csv")
     assert eff["status"].tolist() == ["timeout"] and eff.iloc[0]["Time"] == 3600
     leftovers = [p for p in psutil.process_iter(["cmdline"]) if "time.sleep(600)" in " ".join(p.info["cmdline"] or [])]
@@ -73,20 +73,20 @@ def test_timeout_kills_the_whole_process_group(cases, tmp_path):
 
 
 def test_exit_code_is_reported(cases, tmp_path):
-    team_dir = run_team(_settings(cases, tmp_path, "fail"))
+    team_dir = run_team(_settings(cases, tmp_path, "fail")).team.path
     assert pd.read_csv(team_dir / "efficiency.csv")["status"].tolist() == ["error: exit code 4"]
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--inputs", "/nonexistent"], "--inputs /nonexistent: no such folder"),
+    (["--images", "/nonexistent"], "--images /nonexistent: no such folder"),
     (["--timeout", "0"], "must be > 0"),
-    (["--gpu", "first"], "expected a GPU index or 'none'"),
+    (["--gpu", "first"], "expected a GPU index, 'auto' or 'none'"),
     (["--memory", "lots"], "not a size"),
     (["--cases", "nomatch*"], "no <Case>_0000.nii.gz images match"),
     (["--archive", "/nonexistent.tar.gz"], "no such file"),
 ])
 def test_bad_arguments_exit_2_with_one_line(cases, tmp_path, args, message):
-    base = {"--inputs": str(cases / "images"), "--results": str(tmp_path)}
+    base = {"--images": str(cases / "images"), "--results": str(tmp_path)}
     argv = [sys.executable, "-m", "resource_monitor", "run"]
     if "--archive" not in args:
         argv += ["--command", "true {inputs} {outputs}"]
@@ -108,6 +108,38 @@ def test_gpu_memory_of_a_local_process(gpu_index, cases, tmp_path):
             "torch.cuda.synchronize(); time.sleep(3)")
     settings = RunSettings(inputs=cases / "images", results=tmp_path, team="gpu", gpu=gpu_index, plots=False,
                            command=f"{sys.executable} -c \"{code}\"")
-    accurate = pd.read_csv(run_team(settings) / "efficiency_accurate.csv").iloc[0]
+    accurate = pd.read_csv(run_team(settings).team.efficiency_accurate_csv).iloc[0]
     assert accurate["gpu_process_peak_mib"] >= 1024
     assert accurate["gpu_device_peak_mib"] >= accurate["gpu_process_peak_mib"]
+
+
+def _cli(cases, results, mode, *extra):
+    command = f"{sys.executable} {cases / 'worker.py'} {mode} {{inputs}} {{outputs}}"
+    return subprocess.run([sys.executable, "-m", "resource_monitor", "run", "--command", command, "--team", "local",
+                           "--images", str(cases / "images"), "--results", str(results), "--gpu", "none",
+                           "--no-plots", *extra], capture_output=True, text=True, timeout=300)
+
+
+def test_exit_code_gates_ci_and_resume_keeps_the_run_id(cases, tmp_path):
+    done = _cli(cases, tmp_path, "fail")
+    assert done.returncode == 1 and "not ok: Phantom_0001: error: exit code 4" in done.stderr
+    done = _cli(cases, tmp_path / "good", "copy")
+    assert done.returncode == 0, done.stderr
+    first = json.loads((tmp_path / "good/local/run.json").read_text())
+    record = json.loads((tmp_path / "good/local/cases/Phantom_0001.json").read_text())
+    assert record["run_id"] == first["run_id"] and len(first["attempts"]) == 1
+    assert first["attempts"][0]["status"] == "complete" and first["attempts"][0]["counts"] == {"ok": 1}
+    done = _cli(cases, tmp_path / "good", "copy", "--resume")
+    assert done.returncode == 0 and "already finished (--resume)" in done.stdout
+    again = json.loads((tmp_path / "good/local/run.json").read_text())
+    assert again["run_id"] == first["run_id"] and len(again["attempts"]) == 2
+    assert again["attempts"][0] == first["attempts"][0] and again["attempts"][1]["counts"] == {}
+
+
+def test_old_flag_spelling_warns_and_works(cases, tmp_path):
+    command = f"{sys.executable} {cases / 'worker.py'} copy {{inputs}} {{outputs}}"
+    done = subprocess.run([sys.executable, "-m", "resource_monitor", "run", "--command", command, "--inputs",
+                           str(cases / "images"), "--results", str(tmp_path), "--gpu", "none", "--no-plots"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "warning: --inputs is deprecated; use --images" in done.stderr

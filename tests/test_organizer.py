@@ -47,7 +47,7 @@ def _local(data, how):
 
 def test_local_teams_are_ranked_by_accuracy(data, tmp_path):
     argv = ["challenge", "--local", _local(data, "eroded"), "--local", _local(data, "perfect"),
-            "--cases", str(data / "images"), "--gt", str(data / "labels"), "--out", str(tmp_path),
+            "--images", str(data / "images"), "--labels", str(data / "labels"), "--out", str(tmp_path),
             "--gpu", "none", "--bootstrap", "200", "--workers", "1"]
     assert challenge_main(argv) == 0
     board = pd.read_csv(tmp_path / "leaderboard/leaderboard.csv")
@@ -74,9 +74,9 @@ def test_broken_archives_rank_last_and_the_run_goes_on(docker_client, base_image
     try:
         subprocess.run(f"{DOCKER_CLI} save crashy:latest | gzip -1 > {teams / 'crashy.tar.gz'}", shell=True, check=True)
         argv = ["challenge", "--teams", str(teams), "--local", _local(data, "perfect"),
-                "--cases", str(data / "images"), "--gt", str(data / "labels"), "--out", str(tmp_path / "out"),
+                "--images", str(data / "images"), "--labels", str(data / "labels"), "--out", str(tmp_path / "out"),
                 "--gpu", "none", "--memory", "256m", "--shm-size", "64m", "--timeout", "60", "--bootstrap", "100"]
-        assert challenge_main(argv) == 0
+        assert challenge_main(argv) == 1  # the leaderboard is written; penalised cases make exit code 1
     finally:
         docker_client.images.remove("crashy:latest", force=True)
     board = pd.read_csv(tmp_path / "out/leaderboard/leaderboard.csv").set_index("team")
@@ -91,6 +91,6 @@ def test_broken_archives_rank_last_and_the_run_goes_on(docker_client, base_image
 
 
 def test_bad_arguments_exit_2(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "organizer", "challenge", "--cases", str(tmp_path), "--gt",
+    done = subprocess.run([sys.executable, "-m", "organizer", "challenge", "--images", str(tmp_path), "--labels",
                            str(tmp_path), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert done.returncode == 2 and "give --teams" in done.stderr and "Traceback" not in done.stderr

@@ -44,7 +44,7 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, extra in runs.items():
         folder = tmp_path_factory.mktemp(name)
-        done = run_cli("--out", str(folder), "--cases", "3", "--seed", "1", "--shape", "128", "128", "48", "-q",
+        done = run_cli("--out", str(folder), "--count", "3", "--seed", "1", "--shape", "128", "128", "48", "-q",
                        *extra)
         assert done.returncode == 0, done.stderr
         out[name] = folder
@@ -55,7 +55,7 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_cli_writes_flare_layout_readable_by_sitk_and_nibabel(tmp_path):
-    done = run_cli("--out", str(tmp_path), "--cases", "3", "--seed", "1", *SMALL)
+    done = run_cli("--out", str(tmp_path), "--count", "3", "--seed", "1", *SMALL)
     assert done.returncode == 0, done.stderr
     images, labels = cases.list_images(tmp_path / "images"), cases.list_labels(tmp_path / "labels")
     assert list(images) == ["Phantom_0001", "Phantom_0002", "Phantom_0003"] == list(labels)
@@ -238,7 +238,7 @@ def test_same_seed_same_arrays_and_prefix_of_cases(tmp_path, datasets):
     config = PhantomConfig(shape=(128, 128, 48), orientation="RAS", oblique_deg=12)
     for index, case in enumerate(cases.list_images(datasets["oblique"] / "images")):
         image, geometry = read_image(datasets["oblique"] / "images" / cases.image_name(case))
-        again = generate_case(1, index, config)  # cases 0..2 of a --cases 3 run, regenerated one by one
+        again = generate_case(1, index, config)  # cases 0..2 of a --count 3 run, regenerated one by one
         assert np.array_equal(image, again.image) and geometry.mismatch(again.geometry) is None
     a, b = generate_case(7, 0, config), generate_case(7, 0, config)
     assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
@@ -318,11 +318,11 @@ def test_mixed_domain_varies_per_case():
 
 
 @pytest.mark.parametrize("args", [
-    ("--cases", "-1"), ("--cases", "abc"), ("--cases", "2", "--shape", "96", "96"),
-    ("--cases", "2", "--shape", "0", "96", "40"), ("--cases", "2", "--shape", "a", "b", "c"),
-    ("--cases", "2", "--oblique", "90"), ("--cases", "2", "--domain", "venous"),
-    ("--cases", "2", "--spacing", "1", "1", "-2"), ("--cases", "1", "--prefix", "a/b"),
-    ("--cases", "1", "--seed", "-3"), ("--cases", "1", "--orientation", "LAS"),
+    ("--count", "-1"), ("--count", "abc"), ("--count", "2", "--shape", "96", "96"),
+    ("--count", "2", "--shape", "0", "96", "40"), ("--count", "2", "--shape", "a", "b", "c"),
+    ("--count", "2", "--oblique", "90"), ("--count", "2", "--domain", "venous"),
+    ("--count", "2", "--spacing", "1", "1", "-2"), ("--count", "1", "--prefix", "a/b"),
+    ("--count", "1", "--seed", "-3"), ("--count", "1", "--orientation", "LAS"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args):
     done = run_cli("--out", str(tmp_path / "out"), *args)
@@ -332,14 +332,14 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, args):
 
 
 def test_prefix_error_names_the_argument(tmp_path):
-    done = run_cli("--out", str(tmp_path), "--cases", "1", "--prefix", "a/b")
+    done = run_cli("--out", str(tmp_path), "--count", "1", "--prefix", "a/b")
     assert done.returncode == 2 and "prefix" in done.stderr
 
 
 def test_unwritable_out_exits_2(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    done = run_cli("--out", str(blocker / "sub"), "--cases", "1", *SMALL)
+    done = run_cli("--out", str(blocker / "sub"), "--count", "1", *SMALL)
     assert done.returncode == 2 and "--out" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 

@@ -1,6 +1,6 @@
-"""Semi-supervised training (predictor.semi via python -m predictor.train --unlabeled): RUN_DIR layout,
+"""Semi-supervised training (predictor.training.semi via python -m predictor.train --unlabeled): RUN_DIR layout,
 selection by --keep, resume (finished rounds skipped; an interrupted network continues from its last
-epoch), and bad unlabeled data stopping the run with one line naming the file."""
+epoch; Ctrl-C exits 130 saying to rerun), and bad unlabeled data stopping the run with one line naming the file."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ import torch
 
 from challenge.nifti import read_image
 from phantoms.generate import PhantomConfig, generate_case, write_case
-from predictor import train as train_mod
 from predictor.network import UNetConfig
 from predictor.pipeline import Predictor
-from predictor.semi import case_weights, select, stability
+from predictor.training import loop
+from predictor.training.config import NetTraining
+from predictor.training.semi import case_weights, select, stability
 
 SMALL = PhantomConfig(shape=(64, 64, 32))
 
@@ -121,6 +122,8 @@ def test_run_dir_layout_selection_and_export(resumed_run, data):
         assert max(float(r["score"]) for r in kept) <= min(float(r["score"]) for r in round2 if r["kept"] == "0")
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["status"] == "complete" and manifest["arguments"]["rounds"] == 2
+    assert manifest["command"].startswith("python -m predictor.train --images ")
+    assert not [p.name for p in out.rglob(".*")]  # no temporary file or staging folder left behind
     assert manifest["versions"]["torch"] == torch.__version__ and set(manifest["rounds"]) == {"0", "1", "2"}
     assert (out / "curves.png").stat().st_size > 1000
     with open(out / "curves.csv", newline="") as f:
@@ -183,29 +186,46 @@ def test_interrupted_network_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     is saved): a real Ctrl-C cannot be timed to an epoch boundary in a test. The resumed training must
     end with exactly the weights of an uninterrupted one."""
     torch.set_num_threads(1)
-    spec = train_mod.NetTraining(UNetConfig(classes=2, base=4, levels=2), (8, 8, 8), 1, 2)
+    spec = NetTraining(UNetConfig(classes=2, base=4, levels=2), (8, 8, 8), 1, 2)
     gen = np.random.default_rng(0)
     data = [(gen.normal(size=(1, 10, 10, 10)).astype(np.float16), (gen.random((10, 10, 10)) > 0.5).astype(np.uint8))]
 
     def run(ckpt):
         torch.manual_seed(0)
-        return train_mod.train_net("n", data, spec, 3, np.random.default_rng(1), torch.device("cpu"), [], ckpt)
+        return loop.train_net(loop.NetRun("n", data, spec, 3, checkpoint=ckpt), np.random.default_rng(1),
+                              torch.device("cpu"), log_rows=[])
 
     reference = run(tmp_path / "a.pt").state_dict()
-    save = train_mod._save_checkpoint
+    save = loop._save_checkpoint
 
     def save_then_interrupt(path, state):
         save(path, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(loop, "_save_checkpoint", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b.pt")
     assert torch.load(tmp_path / "b.pt", weights_only=False)["epoch"] == 1
-    monkeypatch.setattr(train_mod, "_save_checkpoint", save)
+    monkeypatch.setattr(loop, "_save_checkpoint", save)
     resumed = run(tmp_path / "b.pt").state_dict()
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 
+
+def test_interrupted_run_exits_130_and_says_to_rerun(data, tmp_path):
+    """Ctrl-C (SIGINT after the first log line): exit 130, the last line says to rerun the command to resume."""
+    lab, unl = data
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "predictor.train", "--images", str(lab / "images"), "--labels",
+                             str(lab / "labels"), "--unlabeled", str(unl / "images"), "--out", str(out),
+                             "--threads", "2", "--epochs", "8", "--steps-per-epoch", "2", "--rounds", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 130, first + rest
+    last = rest.strip().splitlines()[-1]
+    assert "interrupted: rerun the same command to resume" in last and str(out) in last
+    assert "Traceback" not in rest and not (out / "weights").exists()
 
 def test_unreadable_unlabeled_file_stops_before_training(data, tmp_path):
     lab, unl = data

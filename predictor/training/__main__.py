@@ -1,0 +1,3 @@
+from predictor.training.cli import main
+
+raise SystemExit(main())
