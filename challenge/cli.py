@@ -17,13 +17,15 @@ The vocabulary (docs/cli.md has the table of old and new spellings):
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from challenge.exitcodes import ExitCode
+from challenge.exitcodes import ExitCode, HostFault
 
 PACKAGES = ("challenge", "phantoms", "predictor", "resource_monitor", "evaluator", "organizer")
 
@@ -129,3 +131,37 @@ def require_folder(parser: argparse.ArgumentParser, folder: Path | None, flag: s
     """One-line error (exit 2) unless ``folder`` is an existing folder; None is left to ``required``."""
     if folder is not None and not folder.is_dir():
         parser.error(f"{flag} {folder}: no such folder")
+
+
+# Errors of the host's disks: a command that meets one while writing its results stops with exit code 3.
+HOST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """SIGINT or SIGTERM: raise KeyboardInterrupt once; further signals are ignored, so that the clean-up
+    (containers, temporary folders, the run record) is never cut short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def run_command(prog: str, body: Callable[[], int], resume_hint: str = "rerun the same command") -> int:
+    """Run a command's ``body`` under the exit-code table (challenge.exitcodes): Ctrl-C or SIGTERM gives one
+    line and 130 once ``body`` has cleaned up; a HostFault, or a full or failing disk, gives one line and 3.
+    ``resume_hint`` says how to finish (e.g. "rerun with --resume")."""
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {resume_hint} to finish", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except HostFault as err:
+        print(f"{prog}: host fault: {err}; {resume_hint} once it is fixed", file=sys.stderr)
+        return ExitCode.HOST_FAULT
+    except OSError as err:
+        if err.errno not in HOST_ERRNOS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{prog}: host fault: {where}{err.strerror}; {resume_hint} once it is fixed", file=sys.stderr)
+        return ExitCode.HOST_FAULT

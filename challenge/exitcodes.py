@@ -34,3 +34,9 @@ class ExitCode(IntEnum):
 def for_failures(failed: int) -> ExitCode:
     """OK when ``failed`` is 0, else CASE_FAILED."""
     return ExitCode.CASE_FAILED if failed else ExitCode.OK
+
+
+class HostFault(RuntimeError):
+    """The host failed under a running command, not a case (no space or an I/O error in the results, the
+    Docker engine gone, an image removed under the run): exit code 3. The message is one line naming
+    what failed; the case in progress is left unfinished, so that ``--resume`` runs it again."""

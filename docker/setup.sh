@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything the demo and the tests need, on a fresh Debian or Ubuntu machine, as root (`make setup`):
-#   1. Debian packages: docker.io (the engine), mmdebstrap (the offline base image), chromium (the report test);
+#   1. Debian packages: docker.io (the engine), mmdebstrap (the offline base image), chromium (the report test),
+#      iproute2 (the fault tests' second engine lives in a network namespace of its own);
 #   2. Python packages: CPU torch pinned exactly (never the multi-GB CUDA build), then the harness with its
 #      test extras, editable;
 #   3. a running Docker engine (docker/engine.sh) and the offline base image (docker/base/build.sh).
@@ -16,6 +17,7 @@ missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)  # ip netns: the fault tests' second engine
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} (Debian packages)" >&2
   apt-get update -qq

@@ -12,7 +12,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from challenge.cli import Parser, add_labels, add_out, add_verbosity, bounded, configure_logging, require_folder
+from challenge.cli import (
+    Parser,
+    add_labels,
+    add_out,
+    add_verbosity,
+    bounded,
+    configure_logging,
+    require_folder,
+    run_command,
+)
 from challenge.exitcodes import for_failures
 
 _workers = bounded(int, low=1)
@@ -78,7 +87,7 @@ def _run_score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error(problem)
     try:
         table = score_folder(args.gt, args.pred, args.out, mode=args.mode, workers=args.workers,
-                             progress=not args.quiet)
+                             progress=not args.quiet, max_voxels=args.max_voxels)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     kinds = table["status"].map(status_kind)
@@ -129,12 +138,16 @@ def _add_rank(subparsers: argparse._SubParsersAction) -> None:
 
 def add_scoring_options(parser: argparse.ArgumentParser) -> None:
     """How predictions are scored: shared by ``evaluator score``, ``evaluator rank`` and ``organizer challenge``."""
+    from challenge.nifti import MAX_VOXELS
     from evaluator.metrics import MODES
 
     g = parser.add_argument_group("scoring")
     g.add_argument("--mode", choices=tuple(MODES), default="flare22", help="flare22 (default) or strict")
     g.add_argument("--workers", type=_workers, default=os.cpu_count() or 1,
                    help="parallel scoring processes (default: the number of cores)")
+    g.add_argument("--max-voxels", type=bounded(int, low=1), default=MAX_VOXELS, metavar="N",
+                   help=f"the most voxels a GT label map may declare (default {MAX_VOXELS:,} = 512 x 512 x 2048); "
+                        "predictions are bounded by their GT's shape")
 
 
 def add_ranking_options(parser: argparse.ArgumentParser) -> None:
@@ -159,7 +172,7 @@ def _run_rank(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     problem = _writable(args.out)
     if problem:
         parser.error(problem)
-    settings = LeaderboardSettings(args.mode, args.workers, ranking_settings(args))
+    settings = LeaderboardSettings(args.mode, args.workers, ranking_settings(args), args.max_voxels)
     try:
         published = rank_results(args.results, args.labels, args.out, settings)
     except ValueError as err:
@@ -189,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args)
-    return args.run(args, args.parser)
+    return run_command("flare-evaluate", lambda: args.run(args, args.parser))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from challenge.cases import list_labels
+from challenge.nifti import MAX_VOXELS, read_header
 from challenge.results import TeamDir, discover_teams, read_curves, read_run, read_table, read_team_status
 from evaluator.ranking import Ranking, RankingSettings, TeamResults, rank
 from evaluator.report import Curves, write_leaderboard
@@ -25,6 +26,7 @@ class LeaderboardSettings:
     mode: str = "flare22"
     workers: int | None = None
     ranking: RankingSettings | None = None
+    max_voxels: int = MAX_VOXELS  # the most voxels a GT may declare (challenge.nifti)
 
 
 @dataclass
@@ -44,21 +46,43 @@ class Published:
 
 
 def load_team(team: TeamDir, gt_dir: Path, settings: LeaderboardSettings) -> tuple[TeamResults, Curves, dict]:
-    """One team's tables, its curves and its run settings; scores its outputs if metrics.csv is missing."""
+    """One team's tables, its curves and its run settings; scores its outputs if metrics.csv is missing.
+
+    A team folder whose files cannot be read is ranked last with the reason as its note, never dropped."""
     from evaluator.scoring import score_folder
 
-    note = read_team_status(team)
-    efficiency = read_table(team.efficiency_csv)
-    metrics = read_table(team.metrics_csv)
-    if metrics is None and team.outputs.is_dir():
-        log.info("scoring %s", team.team)
-        score_folder(gt_dir, team.outputs, team.path, mode=settings.mode, workers=settings.workers, progress=False)
+    try:
+        note = read_team_status(team)
+        efficiency = read_table(team.efficiency_csv)
         metrics = read_table(team.metrics_csv)
+        if metrics is None and team.outputs.is_dir():
+            log.info("scoring %s", team.team)
+            score_folder(gt_dir, team.outputs, team.path, mode=settings.mode, workers=settings.workers,
+                         progress=False, max_voxels=settings.max_voxels)
+            metrics = read_table(team.metrics_csv)
+    except (ValueError, KeyError, UnicodeDecodeError) as err:  # pandas' and json's parse errors are ValueErrors
+        return TeamResults(team.team, None, None, f"unreadable results: {_one_line(err)}"), {}, {}
     if efficiency is None and metrics is None and not note:
         note = "no results"
     record = read_run(team)
     run = {"settings": record.settings} if record is not None else {}
     return TeamResults(team.team, metrics, efficiency, note), read_curves(team), run
+
+
+def _one_line(err: Exception) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:200]
+
+
+def check_ground_truth(gt_dir: Path, max_voxels: int = MAX_VOXELS) -> list[str]:
+    """The GT's case ids, once every GT header is checked (bounded by ``max_voxels``): a bad GT is bad input,
+    found before any team is run or scored. ValueError (NiftiError) naming the file."""
+    cases = list_labels(gt_dir)
+    if not cases:
+        raise ValueError(f"{gt_dir}: no <Case>.nii.gz ground-truth files")
+    for path in cases.values():
+        read_header(path, max_voxels)
+    return list(cases)
 
 
 def skipped_folders(results_dir: Path) -> dict[str, str]:
@@ -68,22 +92,23 @@ def skipped_folders(results_dir: Path) -> dict[str, str]:
             for p in sorted(results_dir.iterdir()) if p.is_dir() and p.name not in teams}
 
 
-def rank_results(results_dir: Path, gt_dir: Path, out_dir: Path,
-                 settings: LeaderboardSettings | None = None) -> Published:
+def rank_results(results_dir: Path, gt_dir: Path, out_dir: Path, settings: LeaderboardSettings | None = None,
+                 not_ranked: dict[str, str] | None = None) -> Published:
     """Rank every team in ``results_dir`` on the GT cases of ``gt_dir``; write the leaderboard and its
     report into ``out_dir``.
 
+    ``not_ranked``: name -> reason of what the caller could not turn into a team (e.g. an archive whose
+    name is no valid team name); it is reported with the folders of ``results_dir`` that are not teams.
     Raises ValueError if there is no GT case or no team.
     """
     settings = settings or LeaderboardSettings()
-    cases = list(list_labels(gt_dir))
-    if not cases:
-        raise ValueError(f"{gt_dir}: no <Case>.nii.gz ground-truth files")
+    cases = check_ground_truth(gt_dir, settings.max_voxels)
     team_dirs = discover_teams(results_dir)
     if not team_dirs:
         raise ValueError(f"{results_dir}: no team folders (with efficiency.csv or outputs/)")
-    for name, reason in skipped_folders(results_dir).items():
-        log.warning("%s: skipped, %s", name, reason)
+    skipped = {**(not_ranked or {}), **skipped_folders(results_dir)}
+    for name, reason in skipped.items():
+        log.warning("%s: not ranked: %s", name, reason)
     teams, curves, runs, metrics = [], {}, {}, {}
     for team_dir in team_dirs:
         team, team_curves, run = load_team(team_dir, gt_dir, settings)
@@ -94,5 +119,6 @@ def rank_results(results_dir: Path, gt_dir: Path, out_dir: Path,
     ranking = rank(teams, cases, settings.ranking or RankingSettings())
     report_settings = {"ranking": vars(ranking.settings), "evaluator_mode": settings.mode,
                        "gt_dir": gt_dir.name, "results_dir": results_dir.name, "cases": len(cases),
-                       "monitor_runs": {t: r.get("settings", r) for t, r in runs.items()}}
+                       "monitor_runs": {t: r.get("settings", r) for t, r in runs.items()},
+                       "not_ranked": skipped}
     return Published(write_leaderboard(ranking, out_dir, metrics, curves, report_settings), ranking)

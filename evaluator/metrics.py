@@ -33,7 +33,7 @@ class Mode:
     name: str
     inclusive_tube_crop: bool  # strict: [min_k, max_k]; flare22: [min_k, max_k)
     header_mismatch_invalid: bool  # strict: a grid that differs from the GT's is invalid
-    out_of_range_invalid: bool  # strict: a value outside 0..13 is invalid
+    out_of_range_invalid: bool  # strict: a value outside 0..13, not an integer, NaN or inf is invalid
 
 
 MODES: dict[str, Mode] = {
@@ -58,20 +58,13 @@ class OrganScores:
 
 
 def clean_labels(array: np.ndarray) -> tuple[np.ndarray, int]:
-    """A uint8 label array with every value outside 0..13 set to 0, and how many voxels that touched.
+    """A uint8 label array with every value outside 0..13 (NaN and ±inf too) set to 0, and how many voxels
+    that touched. Floats are truncated toward zero first, as the official ``np.uint8(get_fdata())`` does.
+    The same conversion as the readers' (:func:`challenge.nifti.to_labels`, which also counts non-integers)."""
+    from challenge.nifti import to_labels  # SimpleITK stays out of this module's imports
 
-    Floats are truncated toward zero first, as the official ``np.uint8(get_fdata())`` does.
-    """
-    if array.dtype == np.uint8:
-        outside = array > MAX_LABEL
-        count = int(np.count_nonzero(outside))
-        if count:
-            array = np.where(outside, np.uint8(0), array)
-        return array, count
-    values = np.trunc(array) if np.issubdtype(array.dtype, np.floating) else array
-    outside = ~((values >= 0) & (values <= MAX_LABEL))  # NaN counts as outside
-    count = int(np.count_nonzero(outside))
-    return np.where(outside, 0, values).astype(np.uint8), count
+    labels, issues = to_labels(array)
+    return labels, issues.outside
 
 
 _LABEL_BITS = np.zeros(256, np.uint16)
@@ -195,9 +188,18 @@ def score_arrays(gt: np.ndarray, pred: np.ndarray, spacing_kji: tuple[float, flo
 
 def empty_prediction_scores(gt: np.ndarray) -> OrganScores:
     """The scores of a missing or invalid prediction: 0 where the GT has the organ, 1 where it has not."""
-    present = set(label_boxes(gt))
+    present = labels_present(gt)
     scores = OrganScores()
     for organ in ORGANS:
         value = 0.0 if organ.id in present else 1.0
         scores.dsc[organ.short] = scores.nsd[organ.short] = value
     return scores
+
+
+def labels_present(labels: np.ndarray, chunk: int = 1 << 18) -> set[int]:
+    """The labels 1..13 found in a uint8 array, counted a piece at a time (no temporary the size of the array)."""
+    counts = np.zeros(256, np.int64)
+    flat = labels.reshape(-1)
+    for start in range(0, flat.size, chunk):
+        counts += np.bincount(flat[start:start + chunk], minlength=256)
+    return {label for label in range(1, MAX_LABEL + 1) if counts[label]}

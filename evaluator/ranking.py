@@ -5,8 +5,10 @@ monitor's efficiency.csv. Units: Time in s, AUC_GPU_Time_tol2G in MiB*s, AUC_CPU
 
 The scheme (flare22.grand-challenge.org/Evaluation; docs/metrics.md):
 1. per case, a team's DSC and NSD are the means over the 13 organs;
-2. a case whose run did not end ``ok``, or whose prediction is missing or invalid, takes the official
-   worst values (DSC 0, NSD 0, Time 3600, AUC_GPU 29491200, AUC_CPU 360000), whatever was measured;
+2. a case whose run did not end ``ok``, whose prediction is missing or invalid, whose scoring failed
+   (``error``), or with a ranked figure that is not a finite number, takes the official worst values
+   (DSC 0, NSD 0, Time 3600, AUC_GPU 29491200, AUC_CPU 360000), whatever was measured: no NaN ever
+   enters a rank, and no failure can rank better than an honest result;
 3. values are rounded as the official CSVs were, so that ties fall as they did;
 4. per case and metric, teams are ranked (ties take the minimum rank);
 5. a team's score is the mean over cases of (r_DSC + r_NSD + r_Time + 0.5 r_GPU + 0.5 r_CPU) / 4.
@@ -69,20 +71,35 @@ def case_values(team: TeamResults, cases: list[str]) -> pd.DataFrame:
     metrics = _by_case(team.metrics)
     efficiency = _by_case(team.efficiency)
     for case in cases:
-        reason = _failure(case, metrics, efficiency, team.note)
+        reason = _failure(case, metrics, efficiency, team.note) or _not_a_number(case, metrics, efficiency)
         if reason:
             out.loc[case] = [PENALTY[m] for m in METRICS]
             reasons[case] = reason
             continue
         m, e = metrics.loc[case], efficiency.loc[case]
         assert isinstance(m, pd.Series) and isinstance(e, pd.Series)  # one row each: _by_case drops duplicates
-        gpu = pd.to_numeric(e.get("AUC_GPU_Time_tol2G", np.nan), errors="coerce")  # no column: NaN
-        out.loc[case] = [float(m["DSC_mean"]), float(m["NSD_mean"]), float(e["Time"]),
-                         0.0 if pd.isna(gpu) else float(gpu), float(e["AUC_CPU_Time"])]
+        out.loc[case] = [float(m["DSC_mean"]), float(m["NSD_mean"]), float(e["Time"]), _gpu(e),
+                         float(e["AUC_CPU_Time"])]
     for metric in METRICS:
         out[metric] = out[metric].round(rules.ROUND_DECIMALS[metric])
     out["penalised"] = reasons
     return out
+
+
+def _gpu(efficiency_row: pd.Series) -> float:
+    """AUC_GPU_Time_tol2G of a run that ended ok; 0 where the host had no GPU (an empty figure)."""
+    gpu = pd.to_numeric(efficiency_row.get("AUC_GPU_Time_tol2G", np.nan), errors="coerce")  # no column: NaN
+    return 0.0 if pd.isna(gpu) else float(gpu)
+
+
+def _not_a_number(case: str, metrics: pd.DataFrame, efficiency: pd.DataFrame) -> str:
+    """A reason when a ranked figure of a case that ran ok is missing or not a finite number: such a case
+    takes the worst values, so that no NaN ever enters a rank."""
+    values = pd.Series({"DSC": metrics.loc[case, "DSC_mean"], "NSD": metrics.loc[case, "NSD_mean"],
+                        "Time": efficiency.loc[case, "Time"], "AUC_CPU_Time": efficiency.loc[case, "AUC_CPU_Time"]})
+    finite = np.isfinite(pd.to_numeric(values, errors="coerce").to_numpy(dtype=float))
+    bad = [str(name) for name, ok in zip(values.index, finite, strict=True) if not ok]
+    return f"not a number: {', '.join(bad)}" if bad else ""
 
 
 def _by_case(table: pd.DataFrame | None) -> pd.DataFrame:
@@ -102,7 +119,7 @@ def _failure(case: str, metrics: pd.DataFrame, efficiency: pd.DataFrame, note: s
     if case not in metrics.index:
         return "not scored"
     status = str(metrics.loc[case, "status"])
-    if status.startswith(("missing", "invalid")):
+    if not (status == "ok" or status.startswith("ok;")):  # missing, invalid, or error (scoring failed)
         return f"prediction: {status}"
     return ""
 

@@ -63,8 +63,16 @@ def _rank_distribution(ranking: Ranking) -> dict[str, dict[str, float]]:
             for team, s in shares.items()}
 
 
+# Team and case names reach matplotlib as plain text ("$...$" is never parsed as mathtext); the HTML
+# escapes every name.
 def render_html(ranking: Ranking, metrics: dict[str, pd.DataFrame], curves: dict[str, Curves],
                 settings: dict) -> str:
+    with plt.rc_context({"text.parse_math": False}):
+        return _render_html(ranking, metrics, curves, settings)
+
+
+def _render_html(ranking: Ranking, metrics: dict[str, pd.DataFrame], curves: dict[str, Curves],
+                 settings: dict) -> str:
     teams = ranking.leaderboard.index.tolist()
     sections = [
         ("Ranking", _ranking_table(ranking)),

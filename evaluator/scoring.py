@@ -27,8 +27,8 @@ from tqdm import tqdm
 from challenge.cases import case_from_label, label_name, list_labels
 from challenge.files import atomic_write
 from challenge.labels import ORGANS, metric_columns
-from challenge.nifti import Geometry, NiftiError, read_image
-from evaluator.metrics import MODES, OrganScores, clean_labels, empty_prediction_scores, score_arrays
+from challenge.nifti import MAX_VOXELS, Geometry, LabelIssues, NiftiError, read_header, read_labels
+from evaluator.metrics import MODES, Mode, OrganScores, empty_prediction_scores, score_arrays
 
 log = logging.getLogger(__name__)
 SUMMARY_COLUMNS = ["DSC_mean", "NSD_mean"]
@@ -77,41 +77,45 @@ def _missing_status(pred_path: Path) -> str:
     return f"missing (found {', '.join(sorted(siblings))})" if siblings else "missing"
 
 
-def score_case(gt_path: str | Path, pred_path: str | Path, mode: str = "flare22", threads: int = 1) -> CaseScore:
+def score_case(gt_path: str | Path, pred_path: str | Path, mode: str = "flare22", threads: int = 1, *,
+               max_voxels: int = MAX_VOXELS) -> CaseScore:
     """Score one prediction file against one GT file (both ``<Case>.nii.gz`` label maps).
 
     A plain function of its arguments, so a process pool or a distributed engine can run it.
     Spacing comes from the GT header (mm, (i, j, k) in the file, used in array order (k, j, i)).
-    ``threads``: KD-tree threads for this case (-1 uses every core). Raises NiftiError only when the
-    GT itself cannot be read; every prediction problem is a status.
+    ``threads``: KD-tree threads for this case (-1 uses every core). The GT may declare at most
+    ``max_voxels`` voxels. The prediction's header is checked before its data are read: a shape other than
+    the GT's is ``invalid`` at once, and its data are converted to labels in bounded pieces
+    (:func:`challenge.nifti.read_labels`), so that a hostile file costs at most a few times the GT's memory.
+    Raises NiftiError only when the GT itself cannot be read; every prediction problem is a status.
     """
     gt_path, pred_path = Path(gt_path), Path(pred_path)
     settings = MODES[mode]
     name = case_from_label(gt_path.name)
-    gt_raw, gt_geometry = read_image(gt_path)
-    gt, gt_outside = clean_labels(gt_raw)
-    del gt_raw
-    warnings = [f"GT has {gt_outside} voxels outside 0..13 (ignored)"] if gt_outside else []
+    gt_header = read_header(gt_path, max_voxels)
+    gt, gt_issues = read_labels(gt_path, gt_header.shape)
+    gt_geometry = gt_header.geometry()
+    warnings = [f"GT has {gt_issues.outside} voxels outside 0..13 (ignored)"] if gt_issues.outside else []
     if not pred_path.is_file():
         return _result(name, empty_prediction_scores(gt), _missing_status(pred_path))
     try:
-        pred_raw, pred_geometry = read_image(pred_path)
+        pred_header = read_header(pred_path)
+        if pred_header.shape != gt_geometry.shape:  # before any data is inflated
+            return _result(name, empty_prediction_scores(gt),
+                           f"invalid: shape {pred_header.shape} != GT shape {gt_geometry.shape} (k, j, i)")
+        pred, issues = read_labels(pred_path, gt_geometry)
+        problem = _check_grid(pred_header.geometry(), gt_geometry, settings.header_mismatch_invalid)
     except NiftiError as err:
         return _result(name, empty_prediction_scores(gt), f"invalid: {_short(err, pred_path)}")
-    problem = _check_prediction(pred_raw, pred_geometry, gt_geometry, settings.header_mismatch_invalid)
     if problem is not None and problem[0] == "invalid":
         return _result(name, empty_prediction_scores(gt), f"invalid: {problem[1]}")
     if problem is not None:
         warnings.append(problem[1])
-    pred, outside = clean_labels(pred_raw)
-    del pred_raw
-    if outside:
-        message = f"{outside} voxels with values outside 0..13"
-        if settings.out_of_range_invalid:
-            return _result(name, empty_prediction_scores(gt), f"invalid: {message}")
-        warnings.append(message + " (ignored, as the official code does)")
+    invalid, label_warnings = _label_problems(issues, settings)
+    if invalid:
+        return _result(name, empty_prediction_scores(gt), f"invalid: {invalid}")
     scores = score_arrays(gt, pred, gt_geometry.spacing_kji, settings, threads)
-    scores.warnings[:0] = warnings
+    scores.warnings[:0] = warnings + label_warnings
     return _result(name, scores, "ok")
 
 
@@ -120,11 +124,9 @@ def _short(err: Exception, path: Path) -> str:
     return str(err).replace(str(path), path.name)
 
 
-def _check_prediction(pred: np.ndarray, pred_geometry: Geometry, gt_geometry: Geometry,
-                      header_invalid: bool) -> tuple[str, str] | None:
-    """('invalid'|'warning', reason) for a wrong shape or a grid that differs from the GT's, else None."""
-    if pred.shape != gt_geometry.shape:
-        return "invalid", f"shape {pred.shape} != GT shape {gt_geometry.shape} (k, j, i)"
+def _check_grid(pred_geometry: Geometry, gt_geometry: Geometry, header_invalid: bool) -> tuple[str, str] | None:
+    """('invalid'|'warning', reason) for a grid (spacing, origin, direction) that differs from the GT's, else
+    None."""
     mismatch = gt_geometry.mismatch(pred_geometry)
     if mismatch is None:
         return None
@@ -133,21 +135,43 @@ def _check_prediction(pred: np.ndarray, pred_geometry: Geometry, gt_geometry: Ge
     return "warning", f"header differs from the GT ({mismatch}); scored on the arrays as the official code does"
 
 
+def _label_problems(issues: LabelIssues, mode: Mode) -> tuple[str | None, list[str]]:
+    """(the ``invalid`` reason in strict mode, else None; the warnings in flare22 mode) for the values that
+    were not labels 0..13."""
+    outside = non_integer = None
+    if issues.outside:
+        outside = f"{issues.outside} voxels with values outside 0..13"
+        if issues.non_finite:
+            outside += f", {issues.non_finite} of them NaN or inf"
+    if issues.non_integer:
+        non_integer = f"{issues.non_integer} voxels with non-integer values"
+    if mode.out_of_range_invalid:
+        found = [text for text in (outside, non_integer) if text]
+        return ("; ".join(found) if found else None), []
+    warnings = [outside + " (ignored, as the official code does)"] if outside else []
+    if non_integer:
+        warnings.append(non_integer + " (truncated, as the official code does)")
+    return None, warnings
+
+
 @dataclass
 class FolderSettings:
     mode: str = "flare22"
     workers: int = 1  # scoring processes
     progress: bool = True
+    max_voxels: int = MAX_VOXELS  # the most voxels a GT may declare
 
 
 def score_folder(gt_dir: str | Path, pred_dir: str | Path, out_dir: str | Path, mode: str = "flare22",
-                 workers: int | None = None, progress: bool = True) -> pd.DataFrame:
+                 workers: int | None = None, progress: bool = True, max_voxels: int = MAX_VOXELS) -> pd.DataFrame:
     """Score every GT case in ``gt_dir`` against ``pred_dir``; write metrics.csv and summary.json to ``out_dir``.
 
     Returns the metrics table (one row per GT case, sorted by case id). Raises ValueError for a mode
-    that does not exist, FileNotFoundError when a folder is missing or ``gt_dir`` holds no case.
+    that does not exist, FileNotFoundError when a folder is missing or ``gt_dir`` holds no case, and
+    NiftiError (a ValueError, one line naming the file) when a GT header is unreadable or declares more than
+    ``max_voxels`` voxels: every GT header is checked before anything is scored or written.
     """
-    settings = FolderSettings(mode, workers or os.cpu_count() or 1, progress)
+    settings = FolderSettings(mode, workers or os.cpu_count() or 1, progress, max_voxels)
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
     gt_dir, pred_dir, out_dir = Path(gt_dir), Path(pred_dir), Path(out_dir)
@@ -157,6 +181,8 @@ def score_folder(gt_dir: str | Path, pred_dir: str | Path, out_dir: str | Path, 
     cases = list_labels(gt_dir)
     if not cases:
         raise FileNotFoundError(f"--gt {gt_dir}: no <Case>.nii.gz label maps in it")
+    for gt in cases.values():
+        read_header(gt, max_voxels)  # GT problems are bad input: found before scoring
     results = _run(cases, pred_dir, settings)
     table = pd.DataFrame([r.row() for r in results])
     extra = _extra_files(cases, pred_dir)
@@ -174,11 +200,11 @@ def _run(cases: dict[str, Path], pred_dir: Path, settings: FolderSettings) -> li
     results: dict[str, CaseScore] = {}
     if settings.workers <= 1 or len(jobs) == 1:
         for name, (gt, pred) in jobs.items():
-            results[name] = _guarded(name, score_case, gt, pred, settings.mode, -1)
+            results[name] = _guarded(name, score_case, gt, pred, settings.mode, -1, max_voxels=settings.max_voxels)
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=min(settings.workers, len(jobs))) as pool:
-            futures = {pool.submit(score_case, gt, pred, settings.mode, 1): name
+            futures = {pool.submit(score_case, gt, pred, settings.mode, 1, max_voxels=settings.max_voxels): name
                        for name, (gt, pred) in jobs.items()}
             for future in as_completed(futures):
                 name = futures[future]
@@ -188,10 +214,10 @@ def _run(cases: dict[str, Path], pred_dir: Path, settings: FolderSettings) -> li
     return [results[name] for name in sorted(results)]
 
 
-def _guarded(name: str, call: Callable, *args) -> CaseScore:
+def _guarded(name: str, call: Callable, *args, **kwargs) -> CaseScore:
     """Run one case; an unexpected failure becomes that case's ``error`` row instead of stopping the run."""
     try:
-        return call(*args)
+        return call(*args, **kwargs)
     except Exception as err:  # noqa: BLE001  (one bad case never stops the others)
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         log.error("%s: %s", name, reason)

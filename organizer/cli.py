@@ -7,7 +7,16 @@ import logging
 import sys
 from pathlib import Path
 
-from challenge.cli import Parser, add_images, add_labels, add_out, add_verbosity, configure_logging, require_folder
+from challenge.cli import (
+    Parser,
+    add_images,
+    add_labels,
+    add_out,
+    add_verbosity,
+    configure_logging,
+    require_folder,
+    run_command,
+)
 from challenge.exitcodes import for_failures
 from challenge.teams import TeamNameError, check_team
 
@@ -23,7 +32,8 @@ load or crashes on every case is ranked last with its status; the run goes on.
 Without Docker, --local NAME=COMMAND runs a host command per case instead ({inputs}, {outputs}).
 
 Exit codes: 0 no case penalised, 1 some team's case penalised (the leaderboard is written all the same),
-2 bad arguments, 3 a host fault, 130 interrupted (docs/cli.md).
+2 bad arguments, 3 a host fault (no space, the engine gone: never a team's result), 130 interrupted
+(Ctrl-C or SIGTERM; containers and temporary folders removed) (docs/cli.md).
 
 Examples:
   python -m organizer challenge --teams teams/ --images data/images --labels data/labels --out out/challenge
@@ -79,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args, default=logging.WARNING, fmt="%(levelname)s %(message)s")
-    from challenge.cases import list_images, list_labels
+    from challenge.cases import list_images
     from evaluator.cli import ranking_settings
-    from evaluator.leaderboard import LeaderboardSettings
-    from organizer.challenge_run import ChallengeSettings, find_archives, run_challenge
+    from evaluator.leaderboard import LeaderboardSettings, check_ground_truth
+    from organizer.challenge_run import ChallengeSettings, find_archives
     from resource_monitor.cli import run_settings
 
     _old_cases_folder(args)
@@ -94,14 +104,23 @@ def main(argv: list[str] | None = None) -> int:
         require_folder(parser, folder, flag)
     if not list_images(args.images):
         parser.error(f"--images {args.images}: no <Case>_0000.nii.gz images")
-    if not list_labels(args.labels):
-        parser.error(f"--labels {args.labels}: no <Case>.nii.gz labels")
+    try:
+        check_ground_truth(args.labels, args.max_voxels)  # before hours of runs, not after
+    except ValueError as err:
+        parser.error(str(err))
     if args.teams is not None and not find_archives(args.teams) and not args.local:
         parser.error(f"--teams {args.teams}: no .tar.gz/.tar archives")
     monitor = run_settings(args, images=args.images, results=args.out / "results")
     settings = ChallengeSettings(images=args.images, labels=args.labels, out=args.out, teams=args.teams,
                                  local=dict(args.local), monitor=monitor,
-                                 leaderboard=LeaderboardSettings(args.mode, args.workers, ranking_settings(args)))
+                                 leaderboard=LeaderboardSettings(args.mode, args.workers, ranking_settings(args),
+                                                                 args.max_voxels))
+    return run_command("flare-challenge", lambda: _run(settings), resume_hint="rerun the same command")
+
+
+def _run(settings) -> int:
+    from organizer.challenge_run import run_challenge
+
     published = run_challenge(settings)
     for line in published.penalised:
         log.warning("penalised: %s", line)

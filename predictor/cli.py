@@ -23,7 +23,7 @@ import numpy as np
 from challenge.cases import IMAGE_SUFFIX, label_name, list_images
 from challenge.cli import Parser, add_images, add_out, add_verbosity, configure_logging, require_folder
 from challenge.exitcodes import ExitCode, for_failures
-from challenge.nifti import Geometry, NiftiError, read_image, write_label
+from challenge.nifti import MAX_VOXELS, Geometry, NiftiError, read_image, write_label
 
 log = logging.getLogger("predictor")
 READ_AHEAD = 2
@@ -63,11 +63,11 @@ class Report:
         print(f"error: {message}", file=sys.stderr, flush=True)
 
 
-def _reader(cases: dict[str, Path], out: queue.Queue) -> None:
+def _reader(cases: dict[str, Path], out: queue.Queue, max_voxels: int = MAX_VOXELS) -> None:
     for case, path in cases.items():
         clock = time.perf_counter()
         try:
-            image, geometry = read_image(path)
+            image, geometry = read_image(path, max_voxels=max_voxels)
             out.put(Loaded(case, path, image, geometry, read_s=time.perf_counter() - clock))
         except NiftiError as err:
             out.put(Loaded(case, path, error=str(err)))
@@ -91,8 +91,9 @@ def _writer(jobs: queue.Queue, out_dir: Path, report: Report) -> None:
         log.info("%s: %s write %.2f s", loaded.case, summary, time.perf_counter() - clock)
 
 
-def run(in_dir: Path, out_dir: Path, predictor) -> Report:
-    """Stream every image of ``in_dir`` through ``predictor`` into ``out_dir``."""
+def run(in_dir: Path, out_dir: Path, predictor, max_voxels: int = MAX_VOXELS) -> Report:
+    """Stream every image of ``in_dir`` through ``predictor`` into ``out_dir``; an image declaring more than
+    ``max_voxels`` voxels fails alone, like any unreadable one."""
     cases = list_images(in_dir)
     for stray in sorted(p.name for p in in_dir.iterdir() if not p.name.endswith(IMAGE_SUFFIX)):
         log.warning("skipping %s: not named <Case>%s", in_dir / stray, IMAGE_SUFFIX)
@@ -102,7 +103,7 @@ def run(in_dir: Path, out_dir: Path, predictor) -> Report:
     report = Report()
     loads: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
     jobs: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
-    threading.Thread(target=_reader, args=(cases, loads), daemon=True, name="reader").start()
+    threading.Thread(target=_reader, args=(cases, loads, max_voxels), daemon=True, name="reader").start()
     writer = threading.Thread(target=_writer, args=(jobs, out_dir, report), name="writer")
     writer.start()
     try:
@@ -137,6 +138,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="auto: the GPU if torch sees one, else the CPU (default)")
     p.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped weights)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: env FLARE_THREADS or torch's)")
+    p.add_argument("--max-voxels", type=int, default=MAX_VOXELS, metavar="N",
+                   help=f"the most voxels an image may declare (default {MAX_VOXELS:,} = 512 x 512 x 2048); a larger "
+                        "one fails alone")
     add_verbosity(p)
     p.rename("--input", "--images")
     p.rename("--output", "--out")
@@ -146,6 +150,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--weights {args.weights}: not a folder")
     if args.threads < 0:
         p.error("--threads must be >= 0")
+    if args.max_voxels < 1:
+        p.error("--max-voxels must be >= 1")
     return args
 
 
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.BAD_INPUT if isinstance(err, ValueError) else ExitCode.CASE_FAILED
     log.info("model loaded on %s in %.2f s", predictor.device, time.perf_counter() - clock)
     try:
-        report = run(args.images, args.out, predictor)
+        report = run(args.images, args.out, predictor, args.max_voxels)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

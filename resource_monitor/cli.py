@@ -10,9 +10,19 @@ import tempfile
 from pathlib import Path
 
 from challenge import rules
-from challenge.cli import Parser, add_cases, add_images, add_verbosity, bounded, configure_logging, require_folder
+from challenge.cli import (
+    Parser,
+    add_cases,
+    add_images,
+    add_verbosity,
+    bounded,
+    configure_logging,
+    require_folder,
+    run_command,
+)
 from challenge.exitcodes import ExitCode, for_failures
 from challenge.teams import TeamNameError, check_team
+from resource_monitor.guard import MIB, DiskLimits
 
 _positive = bounded(float, low=0, strict_low=True)
 
@@ -31,8 +41,13 @@ Examples:
   python -m resource_monitor run --command "python -m predictor -i {inputs} -o {outputs}" \\
       --team local --images data/images --results out/results        # no Docker: a host command per case
 
-Exit codes: 0 every case ok, 1 some case not ok (each one printed), 2 bad arguments or no image,
-3 a host fault, 130 interrupted (see docs/cli.md).
+Limits while a case runs: --max-output-mib to /workspace/outputs, --max-layer-mib inside the container's
+own file system; a case over one is stopped at once ("error: wrote more than N MiB to ...").
+
+Exit codes: 0 every case ok, 1 some case not ok (each one printed), 2 bad arguments, a bad archive or no
+image, 3 a host fault (no space in RESULTS_DIR, the engine gone, the image removed under the run: the case
+in progress is left unfinished), 130 interrupted (Ctrl-C or SIGTERM; its container and temporary folder
+are removed). After 3 or 130, rerun with --resume.
 """
 
 
@@ -55,6 +70,15 @@ def _gpu(text: str) -> int | None:
     return int(text)
 
 
+_mib = bounded(int, low=1, what="a size in MiB must be")
+
+
+def _user(text: str) -> str:
+    if not re.fullmatch(r"\d+(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected UID or UID:GID (numbers), got {text!r}")
+    return text
+
+
 def _team(text: str) -> str:
     try:
         return check_team(text)
@@ -75,6 +99,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus", type=_positive, help="CPU quota in cores (default: none)")
     add_cases(g)
     g.add_argument("--writable-inputs", action="store_true", help="mount the per-case input copy read-write")
+    g.add_argument("--user", type=_user, metavar="UID:GID",
+                   help="run the container as this user (default: the image's own user)")
+    g.add_argument("--max-output-mib", type=_mib, default=DiskLimits.output_bytes // MIB, metavar="MIB",
+                   help="stop a case that writes more than this to /workspace/outputs (default 1024)")
+    g.add_argument("--max-layer-mib", type=_mib, default=DiskLimits.layer_bytes // MIB, metavar="MIB",
+                   help="stop a container that writes more than this inside its own file system, /tmp included "
+                        "(default 4096)")
     g.add_argument("--no-plots", action="store_true", help="skip the per-case PNGs")
 
 
@@ -85,10 +116,12 @@ def run_settings(args: argparse.Namespace, *, images: Path, results: Path, team:
     from resource_monitor.settings import RunSettings
 
     gpu = default_gpu_index() if args.gpu == AUTO_GPU else args.gpu
+    limits = DiskLimits(output_bytes=args.max_output_mib * MIB, layer_bytes=args.max_layer_mib * MIB)
     return RunSettings(inputs=images, results=results, team=team, image=image, command=command, gpu=gpu,
                        timeout_s=args.timeout, interval_s=args.interval, memory=args.memory,
                        shm_size=args.shm_size, cpus=args.cpus, cases_glob=args.cases,
-                       writable_inputs=args.writable_inputs, resume=resume, plots=not args.no_plots)
+                       writable_inputs=args.writable_inputs, user=args.user, resume=resume, limits=limits,
+                       plots=not args.no_plots)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args, default=logging.WARNING, fmt="%(levelname)s %(message)s")
-    from resource_monitor.monitor import MonitorError, load_archive, run_team, select_cases
+    from resource_monitor.monitor import MonitorError, select_cases
 
     require_folder(parser, args.images, "--images")
     if args.archive is not None and not args.archive.is_file():
@@ -131,13 +164,18 @@ def main(argv: list[str] | None = None) -> int:
         select_cases(args.images, args.cases)
     except MonitorError as err:
         parser.error(str(err))
-    image, client = args.image, None
+    client = None if args.command else _docker_client(parser)
+    return run_command("flare-monitor", lambda: _run(parser, args, client), resume_hint="rerun with --resume")
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, client) -> int:
+    from resource_monitor.monitor import MonitorError, load_archive, run_team
+
+    image = args.image
     try:
-        if args.command is None:
-            client = _docker_client(parser)
-            if args.archive is not None:
-                team, image = load_archive(client, args.archive)
-                args.team = args.team or team
+        if args.archive is not None:
+            team, image = load_archive(client, args.archive)
+            args.team = args.team or team
         team = args.team or ("local" if args.command else _team_from_image(parser, image))
         settings = run_settings(args, images=args.images, results=args.results, team=team, image=image,
                                 command=args.command, resume=args.resume)

@@ -1,15 +1,22 @@
 """Run a team over every case, one sandboxed run per case, and write its results folder.
 
 Flow per case (in sorted case order): stage a throwaway input folder holding only ``<Case>_0000.nii.gz``
-and a fresh output folder -> start the sampler -> run (container or local command) -> stop the sampler
--> collect the output safely -> figures -> ``cases/<Case>.json``, the PNG, and both efficiency CSVs
-rebuilt from the records. ``run.json`` (:class:`challenge.results.RunRecord`) holds the run id, the image,
-the settings, the host's fingerprint and one attempt per invocation. The folder's layout is
-:mod:`challenge.results`'s.
+and a fresh output folder -> start the sampler -> run (container or local command; disk caps watched) ->
+stop the sampler -> collect the output safely -> the log, the PNG, then ``cases/<Case>.json`` (written
+last: a case is finished once its record is) -> both efficiency CSVs rebuilt from the records.
+``run.json`` (:class:`challenge.results.RunRecord`) holds the run id, the image, the settings, the host's
+fingerprint and one attempt per invocation. The folder's layout is :mod:`challenge.results`'s.
+
+Faults: a host fault (no space or an I/O error in the results, the Docker engine gone, the image removed
+under the run) raises HostFault and leaves the case in progress unfinished; Ctrl-C or SIGTERM
+(KeyboardInterrupt) removes this run's container or process group and temporary folder first. Either way
+the attempt is recorded and ``--resume`` finishes the run. A watchdog process enforces the deadline of a
+case whose monitor was killed outright, and the next run removes what a dead run left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import logging
@@ -24,9 +31,10 @@ from pathlib import Path
 from challenge.cases import list_images
 from challenge.files import atomic_write_text
 from challenge.results import RunRecord, TeamDir, finish_attempt, finished_cases, new_run_id, read_run, write_json
-from challenge.teams import TeamNameError, team_from_archive
-from resource_monitor.collect import collect_output
+from resource_monitor.archive import load_archive
+from resource_monitor.collect import Collected, collect_output
 from resource_monitor.efficiency import accurate_figures, flare22_figures, official_cpu_percent
+from resource_monitor.errors import HostFault, MonitorError, engine_gone, one_line
 from resource_monitor.gpu import Gpu
 from resource_monitor.host import fingerprint
 from resource_monitor.plot import plot_case
@@ -35,6 +43,7 @@ from resource_monitor.runners import (
     LABEL_HOST,
     LABEL_PID,
     LABEL_RUN,
+    CaseContext,
     CaseRunner,
     DockerRunner,
     LocalRunner,
@@ -44,12 +53,14 @@ from resource_monitor.runners import (
 )
 from resource_monitor.sampling import Sampler
 from resource_monitor.settings import RunSettings
+from resource_monitor.watchdog import Watchdog
+
+__all__ = ["HostFault", "MonitorError", "TeamRun", "load_archive", "remove_leftovers", "run_case", "run_team",
+           "select_cases"]
 
 log = logging.getLogger(__name__)
-
-
-class MonitorError(ValueError):
-    """A run that cannot start (no cases, no image, a bad archive); the message is one line."""
+TEMP_PREFIX = "flare-case-"  # per-case temporary folders: <TEMP_PREFIX><case>-<random>/
+OWNER_FILE = ".monitor"  # in each of them: the identity of the monitor that made it
 
 
 def select_cases(inputs: Path, pattern: str) -> dict[str, Path]:
@@ -59,27 +70,6 @@ def select_cases(inputs: Path, pattern: str) -> dict[str, Path]:
     if not cases:
         raise MonitorError(f"{inputs}: no <Case>_0000.nii.gz images match {pattern!r}")
     return cases
-
-
-def load_archive(client, archive: Path) -> tuple[str, str]:
-    """``docker load`` a ``docker save`` archive (gzip or plain); returns (team, "team:latest").
-    The team is the file name up to its first dot, in lower case, as FLARE22 derived it
-    (:func:`challenge.teams.team_from_archive`)."""
-    import docker
-
-    try:
-        team = team_from_archive(archive)
-    except TeamNameError as err:
-        raise MonitorError(str(err)) from None
-    try:
-        with archive.open("rb") as f:
-            images = client.images.load(f)
-    except (OSError, docker.errors.DockerException) as err:
-        raise MonitorError(f"{archive}: not a loadable docker image archive ({str(err).splitlines()[0]})") from None
-    tags = sorted(t for image in images for t in image.tags)
-    if f"{team}:latest" not in tags:
-        raise MonitorError(f"{archive}: holds {', '.join(tags) or 'no tagged image'}, not {team}:latest")
-    return team, f"{team}:latest"
 
 
 def remove_leftovers(client) -> list[str]:
@@ -106,7 +96,23 @@ def remove_leftovers(client) -> list[str]:
     return removed
 
 
-def case_status(outcome: Outcome, collected_path: Path | None, refused: str | None, memory: str) -> str:
+def remove_dead_folders(root: Path | None = None) -> list[str]:
+    """Remove the per-case temporary folders of monitors that no longer run; never a live run's."""
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        try:
+            owner = (folder / OWNER_FILE).read_text().strip()
+        except OSError:
+            continue
+        if not monitor_alive(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    if removed:
+        log.warning("removed %d temporary folder(s) of crashed runs", len(removed))
+    return removed
+
+
+def case_status(outcome: Outcome, collected: Collected, memory: str) -> str:
     if outcome.error:
         return f"error: {outcome.error}"
     if outcome.timed_out:
@@ -115,9 +121,9 @@ def case_status(outcome: Outcome, collected_path: Path | None, refused: str | No
         return f"error: out of memory (killed at the {memory} limit)"
     if outcome.exit_code != 0:
         return f"error: exit code {outcome.exit_code}"
-    if refused:
-        return f"error: refused output: {refused}"
-    return "ok" if collected_path else "no-output"
+    if collected.refused:
+        return f"error: refused output: {collected.refused}"
+    return "ok" if collected.path else "no-output"
 
 
 def _stage(work: Path, image: Path, writable: bool) -> tuple[Path, Path]:
@@ -131,6 +137,20 @@ def _stage(work: Path, image: Path, writable: bool) -> tuple[Path, Path]:
     return in_dir, out_dir
 
 
+@contextlib.contextmanager
+def _case_folder(case: str, watchdog: Watchdog | None):
+    """A temporary folder for one case, marked with this monitor's identity (removed on any exit but
+    SIGKILL; then the watchdog or the next run removes it)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{case[:40]}-"))
+    try:
+        atomic_write_text(folder / OWNER_FILE, monitor_identity())
+        if watchdog:
+            watchdog.folder(folder)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @dataclass
 class TeamRun:
     """What one invocation of :func:`run_team` did: the team folder, and the cases it ran by status kind."""
@@ -142,58 +162,88 @@ class TeamRun:
 
 
 def run_case(case: str, image: Path, runner: CaseRunner, settings: RunSettings, gpu: Gpu | None,
-             run_id: str = "") -> dict:
-    """Run one case and return its record (also written to ``cases/<Case>.json``)."""
+             run_id: str = "", watchdog: Watchdog | None = None) -> dict:
+    """Run one case and return its record (also written to ``cases/<Case>.json``, last).
+
+    OSError from writing the results (e.g. a full disk) and HostFault propagate: the case stays unfinished.
+    """
     team = settings.team_dir
-    with tempfile.TemporaryDirectory(prefix=f"flare-{case}-", ignore_cleanup_errors=True) as tmp:
-        in_dir, out_dir = _stage(Path(tmp), image, settings.writable_inputs)
+    with _case_folder(case, watchdog) as work:
+        in_dir, out_dir = _stage(work, image, settings.writable_inputs)
         sampler = Sampler(settings.interval_s, gpu)
         started_utc = datetime.now(timezone.utc).isoformat()
         sampler.start()
-        outcome = runner.run(case, in_dir, out_dir, sampler, settings.timeout_s)
-        teardown_end = time.monotonic() - sampler.t0
-        series = sampler.stop()
+        try:
+            outcome = runner.run(case, in_dir, out_dir, CaseContext(sampler, settings.timeout_s, settings.limits,
+                                                                    watchdog, settings.log_max_bytes))
+        finally:
+            teardown_end = time.monotonic() - sampler.t0
+            series = sampler.stop()
         # Time ends at the target's exit; the official run also timed `--rm` (teardown_end).
         time_s = outcome.timeline.exited if outcome.error is None else teardown_end
-        collected_path, refused, unexpected = None, None, []
+        collected = Collected(None)
         if outcome.error is None and not outcome.timed_out:
-            got = collect_output(case, out_dir, team.outputs, settings.output_cap_bytes)
-            collected_path, refused, unexpected = got.path, got.refused, got.unexpected
-    status = case_status(outcome, collected_path, refused, settings.memory)
+            collected = collect_output(case, out_dir, team.outputs, settings.limits.output_bytes,
+                                       settings.listed_outputs)
+    status = case_status(outcome, collected, settings.memory)
     atomic_write_text(team.case_log(case), outcome.log)
+    if settings.plots:
+        _plot(series, f"{settings.team} / {case}: {status}", team.plot(case))
     record = {
         "case": case, "run_id": run_id, "status": status, "finished": True,
         "started_utc": started_utc, "time_s": time_s, "time_s_with_teardown": teardown_end,
         "created_s": outcome.timeline.created, "startup_s": outcome.timeline.started,
         "exited_s": outcome.timeline.exited,
         "exit_code": outcome.exit_code, "oom": outcome.oom, "timed_out": outcome.timed_out,
-        "log_tail": outcome.log.splitlines()[-settings.log_tail_lines:], "log_file": team.case_log(case).name,
-        "unexpected_outputs": unexpected, "params": outcome.params, **outcome.extra,
+        "log_tail": log_tail(outcome.log, settings.log_tail_lines, settings.log_tail_bytes),
+        "log_file": team.case_log(case).name,
+        "unexpected_outputs": collected.unexpected, "unexpected_outputs_count": collected.unexpected_count,
+        "params": outcome.params, **outcome.extra,
         "flare22": flare22_figures(series, time_s, outcome.timed_out),
         "accurate": accurate_figures(series, outcome.timeline, outcome.cpu_total_s),
         "series": series.to_json(),
         "cpu_percent": official_cpu_percent(series).round(3).tolist() if len(series) else [],
     }
     write_json(team.case_record(case), record)
-    if settings.plots:
-        plot_case(series, f"{settings.team} / {case}: {status}", team.plot(case))
     return record
 
 
+def _plot(series, title: str, path: Path) -> None:
+    """The case's PNG; a plotting error loses the plot, not the case (a full disk still propagates)."""
+    try:
+        plot_case(series, title, path)
+    except OSError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        log.warning("%s: no plot (%s)", path.name, one_line(err))
+
+
+def log_tail(text: str, lines: int, max_bytes: int) -> list[str]:
+    """The last ``lines`` lines of a log, within ``max_bytes`` UTF-8 bytes in all (a flood of long lines
+    cannot bloat the case record)."""
+    tail = text.encode("utf-8", errors="replace")[-max_bytes:].decode("utf-8", errors="replace")
+    return tail.splitlines()[-lines:]
+
+
 def _runner(settings: RunSettings, run_id: str, docker_client) -> tuple[CaseRunner, dict | None, object]:
-    """The case runner of ``settings``, the image's description (None in local mode) and the Docker client."""
+    """The case runner of ``settings``, the image's description (None in local mode) and the Docker client.
+    MonitorError when the image is missing (before any case); HostFault when the engine does not answer."""
     if settings.command:
         return LocalRunner(settings.command), None, None
     import docker
 
     if settings.image is None:
         raise MonitorError("no image and no command to run")
-    client = docker_client or docker.from_env()
-    remove_leftovers(client)
     try:
+        client = docker_client or docker.from_env()
+        remove_leftovers(client)
         image = client.images.get(settings.image)
     except docker.errors.ImageNotFound:
         raise MonitorError(f"--image {settings.image}: no such image (load or build it first)") from None
+    except Exception as err:
+        if isinstance(err, docker.errors.DockerException) or engine_gone(err):
+            raise HostFault(f"the Docker engine does not answer ({one_line(err)})") from None
+        raise
     info = {"tag": settings.image, "id": image.id, "digests": image.attrs.get("RepoDigests", []),
             "created": image.attrs.get("Created")}
     return DockerRunner(client, settings.image, run_id, settings), info, client
@@ -210,43 +260,75 @@ def _run_record(settings: RunSettings, cases: list[str]) -> RunRecord:
                      command=settings.command)
 
 
+def _results_fault(err: OSError, team: TeamDir) -> HostFault:
+    """The HostFault of an OSError under a run: the Docker engine's (requests' errors are OSErrors too) or
+    the results disk's."""
+    if engine_gone(err):
+        return HostFault(f"the Docker engine went away ({one_line(err)})")
+    where = err.filename or team.path
+    return HostFault(f"cannot write the results ({where}: {err.strerror or one_line(err)})")
+
+
 def run_team(settings: RunSettings, docker_client=None) -> TeamRun:
     """Run ``settings.image`` (or ``settings.command``) on every selected case; returns what it did.
 
-    Raises MonitorError before any case runs when there are no cases or the image is missing. With
+    Raises MonitorError before any case runs when there are no cases or the image is missing; HostFault
+    when the host fails (the case in progress stays unfinished); KeyboardInterrupt after cleaning up. With
     ``settings.resume``, finished cases are skipped and the run id of ``run.json`` is kept; every call
-    appends an attempt to ``run.json``.
+    appends an attempt to ``run.json``, with its status (complete, interrupted, host-fault).
     """
     cases = select_cases(settings.inputs, settings.cases_glob)
     team = settings.team_dir
-    team.path.mkdir(parents=True, exist_ok=True)
     record = _run_record(settings, list(cases))
     gpu = Gpu.open(settings.gpu)
     runner, record.image, client = _runner(settings, record.run_id, docker_client)
+    remove_dead_folders()
     record.host = fingerprint(gpu, client)
     attempt = record.start_attempt(monitor=monitor_identity())
-    record.save(team)
-    done = finished_cases(team) if settings.resume else set()
     result = TeamRun(team, record.run_id)
+    watchdog = Watchdog.start()
+    status = "failed"
+    try:
+        try:
+            team.path.mkdir(parents=True, exist_ok=True)
+            record.save(team)
+            write_efficiency_tables(team)  # a resumed run starts from its finished records
+            _run_cases(cases, runner, settings, gpu, record.run_id, watchdog, result)
+        except OSError as err:
+            raise _results_fault(err, team) from None
+        status = "complete"
+    except HostFault:
+        status = "host-fault"
+        raise
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        watchdog.close(clean=status != "host-fault")
+        finish_attempt(attempt, status, result.counts)
+        with contextlib.suppress(OSError):  # the disk may be what failed
+            record.save(team)
+    return result
+
+
+def _run_cases(cases: dict[str, Path], runner: CaseRunner, settings: RunSettings, gpu: Gpu | None, run_id: str,
+               watchdog: Watchdog, result: TeamRun) -> None:
+    done = finished_cases(result.team) if settings.resume else set()
     for n, (case, image_path) in enumerate(cases.items(), 1):
         if case in done:
             print(f"[{n}/{len(cases)}] {settings.team} {case}: already finished (--resume)", flush=True)
             continue
-        case_record = run_case(case, image_path, runner, settings, gpu, record.run_id)
-        write_efficiency_tables(team)
+        case_record = run_case(case, image_path, runner, settings, gpu, run_id, watchdog)
+        write_efficiency_tables(result.team)
         status = case_record["status"]
         kind = status.split(":")[0]
         result.counts[kind] = result.counts.get(kind, 0) + 1
         if status != "ok":
             result.failed.append(f"{case}: {status}")
         print(f"[{n}/{len(cases)}] {settings.team} {case}: {_console_line(case_record)}", flush=True)
-    write_efficiency_tables(team)
-    finish_attempt(attempt, "complete", result.counts)
-    record.save(team)
-    return result
 
 
 def _console_line(record: dict) -> str:
     f = record["flare22"]
     gpu = "-" if f["GPU_Mem"] is None else f"{f['GPU_Mem']:.0f} MiB"
-    return (f"{record['status']}, Time {f['Time']:.2f} s, AUC_CPU {f['AUC_CPU_Time']:.1f} %*s, GPU_Mem {gpu}")
+    return f"{record['status']}, Time {f['Time']:.2f} s, AUC_CPU {f['AUC_CPU_Time']:.1f} %*s, GPU_Mem {gpu}"

@@ -15,7 +15,15 @@ from resource_monitor.efficiency import official_cpu_percent  # noqa: E402
 from resource_monitor.sampling import Series  # noqa: E402
 
 
+# Team and case names reach matplotlib as plain text: "$...$" is never parsed as mathtext (a case named
+# "$\\foo$" would make matplotlib raise, and the plot would be lost).
 def plot_case(series: Series, title: str, path: Path) -> Path:
+    """A PNG of one case's curves at ``path`` (written atomically)."""
+    with plt.rc_context({"text.parse_math": False}):
+        return _plot_case(series, title, path)
+
+
+def _plot_case(series: Series, title: str, path: Path) -> Path:
     t = np.asarray(series.t)
     fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
     gpu = [np.nan if v is None else v for v in series.gpu_device_mib]

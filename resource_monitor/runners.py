@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import resource
 import shlex
 import signal
@@ -22,12 +23,17 @@ import psutil
 from challenge import rules
 from resource_monitor.cgroups import Cgroup, cgroup_of
 from resource_monitor.efficiency import Timeline
+from resource_monitor.errors import HostFault, engine_gone, one_line
+from resource_monitor.guard import MIB, DiskGuard, DiskLimits
 from resource_monitor.sampling import Sampler
+from resource_monitor.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 LABEL_RUN = "flare-harness.run"
 LABEL_PID = "flare-harness.monitor-pid"
 LABEL_HOST = "flare-harness.host"
+DEADLINE_GRACE_S = 5.0  # the watchdog's margin past a case's timeout (it acts only once the monitor is dead)
+OUTPUTS = "/workspace/outputs"
 
 
 @dataclass
@@ -43,8 +49,25 @@ class Outcome:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class CaseContext:
+    """What a runner needs besides the case: the sampler, the time limit, the disk caps, the watchdog that
+    enforces the deadline if the monitor dies, and the cap on the log kept."""
+
+    sampler: Sampler
+    timeout_s: float
+    limits: DiskLimits = field(default_factory=DiskLimits)
+    watchdog: Watchdog | None = None
+    log_max_bytes: int = 50 * MIB
+
+    def deadline(self) -> float:
+        """The wall-clock time (epoch s) after which the watchdog stops the target, if the monitor died."""
+        left = self.timeout_s - (time.monotonic() - self.sampler.t0)
+        return time.time() + max(left, 0.0) + DEADLINE_GRACE_S
+
+
 class CaseRunner(Protocol):
-    def run(self, case: str, in_dir: Path, out_dir: Path, sampler: Sampler, timeout_s: float) -> Outcome: ...
+    def run(self, case: str, in_dir: Path, out_dir: Path, ctx: CaseContext) -> Outcome: ...
 
 
 def monitor_identity() -> str:
@@ -113,16 +136,20 @@ class ProcessTreeProbe:
 class DockerRunner:
     """Runs ``IMAGE /bin/bash -c "sh predict.sh"`` with the case folders mounted, sandboxed:
     no network, all capabilities dropped, no-new-privileges, pids/memory/shm limits, optional CPU quota,
-    read-only inputs; killed and removed after ``timeout_s``."""
+    read-only inputs, disk caps watched while it runs; killed and removed after ``timeout_s``.
+
+    A failure of Docker itself (the engine gone, the image removed under the run, an API error around the
+    container) raises HostFault: it is never the case's result. Only an image that cannot run the FLARE
+    command at all (no ``/bin/bash``) is the case's ``error``."""
 
     def __init__(self, client, image: str, run_id: str, settings):
         self.client, self.image, self.run_id, self.settings = client, image, run_id, settings
 
     def params(self, case: str, in_dir: Path, out_dir: Path) -> dict:
         s = self.settings
+        name = re.sub(r"[^a-zA-Z0-9_.-]", "-", f"flare-{s.team}-{case}-{self.run_id[:8]}")[:120]
         params = {
-            "image": self.image, "command": list(rules.CONTAINER_COMMAND),
-            "name": f"flare-{s.team}-{case}-{self.run_id[:8]}".replace("/", "-")[:120],
+            "image": self.image, "command": list(rules.CONTAINER_COMMAND), "name": name,
             "network_mode": "none", "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
             "pids_limit": s.pids_limit, "mem_limit": s.memory, "memswap_limit": s.memory,
             "shm_size": s.shm_size, "privileged": False,
@@ -132,6 +159,8 @@ class DockerRunner:
             # A chatty or hostile image cannot fill the host's disk with its log: one file, capped.
             "log_config": {"type": "json-file", "config": {"max-size": s.log_max_size, "max-file": "1"}},
         }
+        if s.user:
+            params["user"] = s.user
         if s.cpus:
             params["nano_cpus"] = int(s.cpus * 1e9)
         if s.gpu is not None:
@@ -139,67 +168,136 @@ class DockerRunner:
             params["device_requests"] = [{"Driver": "", "DeviceIDs": [str(s.gpu)], "Capabilities": [["gpu"]]}]
         return params
 
-    def run(self, case: str, in_dir: Path, out_dir: Path, sampler: Sampler, timeout_s: float) -> Outcome:
-        import requests
-
+    def _sdk(self, params: dict) -> dict:
         import docker
 
-        params = self.params(case, in_dir, out_dir)
         sdk = dict(params)
         if "device_requests" in sdk:
             sdk["device_requests"] = [docker.types.DeviceRequest(
                 device_ids=r["DeviceIDs"], capabilities=r["Capabilities"]) for r in sdk["device_requests"]]
-        now = lambda: time.monotonic() - sampler.t0  # noqa: E731
+        return sdk
+
+    def run(self, case: str, in_dir: Path, out_dir: Path, ctx: CaseContext) -> Outcome:
+        import docker
+
+        params = self.params(case, in_dir, out_dir)
         try:
-            container = self.client.containers.create(detach=True, **sdk)
-        except docker.errors.DockerException as err:
-            return Outcome(None, False, False, "", Timeline(now(), now()), params, error=_one_line(err))
-        created, timed_out, exit_code = now(), False, None
+            container = self.client.containers.create(detach=True, **self._sdk(params))
+        except docker.errors.ImageNotFound:
+            raise HostFault(f"the image {self.image} is no longer in the Docker engine (removed under the run)"
+                            ) from None
+        except Exception as err:
+            if isinstance(err, docker.errors.DockerException) or engine_gone(err):
+                raise HostFault(f"cannot create the container of {case}: {one_line(err)}") from None
+            raise
+        created = time.monotonic() - ctx.sampler.t0
+        if ctx.watchdog:
+            ctx.watchdog.container(container.id, ctx.deadline())
+        try:
+            return self._run(container, case, out_dir, ctx, params, created)
+        except Exception as err:
+            if isinstance(err, docker.errors.DockerException) or engine_gone(err):
+                raise HostFault(f"the Docker engine failed while {case} ran: {one_line(err)}") from None
+            raise
+        finally:
+            self._remove(container, case, ctx)
+
+    def _run(self, container, case: str, out_dir: Path, ctx: CaseContext, params: dict, created: float) -> Outcome:
+        import docker
+
+        now = lambda: time.monotonic() - ctx.sampler.t0  # noqa: E731
         try:
             container.start()
-            started = now()
-            container.reload()
+        except docker.errors.APIError as err:
+            if not _cannot_run(err):
+                raise
+            return Outcome(None, False, False, "", Timeline(now(), now(), created), params,
+                           error=f"the image cannot run {' '.join(rules.CONTAINER_COMMAND)!r}: {one_line(err, 200)}")
+        started = now()
+        container.reload()
+        try:
+            ctx.sampler.probe = CgroupProbe(cgroup_of(container.attrs["State"]["Pid"]))
+        except (OSError, ValueError) as err:  # exited already, or an unknown cgroup layout
+            log.debug("%s: no cgroup probe (%s)", case, err)
+        places = {OUTPUTS: (out_dir, ctx.limits.output_bytes)}
+        upper = (container.attrs.get("GraphDriver") or {}).get("Data", {}).get("UpperDir")
+        if upper and os.path.isdir(upper):
+            places["the container's file system"] = (Path(upper), ctx.limits.layer_bytes)
+        with DiskGuard(places, ctx.limits.entries, breach=lambda _: self._kill(container)) as guard:
+            exit_code, timed_out = self._wait(container, case, ctx)
+        exited = now()
+        ctx.sampler.probe = None
+        container.reload()
+        state = container.attrs["State"]
+        text = _tail_bytes(container.logs(stdout=True, stderr=True), ctx.log_max_bytes)
+        return Outcome(state.get("ExitCode", exit_code), timed_out, bool(state.get("OOMKilled")), text,
+                       Timeline(started, exited, created), params, error=guard.reason,
+                       extra={"container_id": container.id})
+
+    def _wait(self, container, case: str, ctx: CaseContext) -> tuple[int | None, bool]:
+        """(exit code, timed out). A wait that ends with the engine unreachable is a HostFault, not a timeout."""
+        import requests
+
+        while True:
+            left = ctx.timeout_s - (time.monotonic() - ctx.sampler.t0)
             try:
-                sampler.probe = CgroupProbe(cgroup_of(container.attrs["State"]["Pid"]))
-            except (OSError, ValueError) as err:  # exited already, or an unknown cgroup layout
-                log.debug("%s: no cgroup probe (%s)", case, err)
-            try:
-                exit_code = container.wait(timeout=max(timeout_s - now(), 0.1))["StatusCode"]
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                timed_out = True
-                container.kill()
+                return container.wait(timeout=max(left, 0.1))["StatusCode"], False
+            except requests.exceptions.RequestException as err:  # timed out, or the connection failed
+                if not self._engine_answers():
+                    raise HostFault(f"the Docker engine went away while {case} ran ({one_line(err)})") from None
+                if ctx.timeout_s - (time.monotonic() - ctx.sampler.t0) > 1.0:
+                    continue  # a dropped connection before the deadline: wait again
+                self._kill(container)
                 container.wait(timeout=30)
-            exited = now()
-            container.reload()
-            state = container.attrs["State"]
-            oom = bool(state.get("OOMKilled"))
-            exit_code = state.get("ExitCode", exit_code)
-            text = container.logs(stdout=True, stderr=True).decode("utf-8", errors="replace")
-            return Outcome(exit_code, timed_out, oom, text, Timeline(started, exited, created), params,
-                           extra={"container_id": container.id})
-        except docker.errors.DockerException as err:
-            return Outcome(exit_code, timed_out, False, "", Timeline(now(), now()), params, error=_one_line(err))
-        finally:
-            sampler.probe = None
-            try:
-                container.remove(force=True)
-            except docker.errors.DockerException as err:
-                log.warning("%s: could not remove container %s (%s)", case, container.short_id, err)
+                return None, True
+
+    def _engine_answers(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except Exception:  # noqa: BLE001 - any failure means no engine
+            return False
+
+    def _kill(self, container) -> None:
+        with contextlib.suppress(Exception):  # it may have exited meanwhile
+            self.client.api.kill(container.id)
+
+    def _remove(self, container, case: str, ctx: CaseContext) -> None:
+        try:
+            container.remove(force=True)
+        except Exception as err:  # noqa: BLE001 - the case's outcome stands; the watchdog or the next run cleans up
+            level = logging.DEBUG if engine_gone(err) else logging.WARNING  # the host fault says it already
+            log.log(level, "%s: could not remove container %s (%s)", case, container.short_id, one_line(err))
+            return
+        if ctx.watchdog:
+            ctx.watchdog.done(container.id)
+
+
+def _cannot_run(err: Exception) -> bool:
+    """Whether a container that failed to start did so because the image cannot run the command (the
+    team's fault), e.g. it has no /bin/bash, rather than because of the host."""
+    text = str(err).lower()
+    return "exec" in text and ("not found" in text or "no such file" in text or "permission denied" in text)
+
+
+def _tail_bytes(data: bytes, limit: int) -> str:
+    """The last ``limit`` bytes of a log, as text (a partial first character is replaced)."""
+    return data[-limit:].decode("utf-8", errors="replace")
 
 
 class LocalRunner:
     """Runs a host command per case, e.g. ``python -m predictor -i {inputs} -o {outputs}``, in its own
-    process group (killed whole on timeout). No sandbox: for development and hosts without Docker."""
+    process group (killed whole on timeout, on a disk cap, or on Ctrl-C of the monitor). No sandbox: for
+    development and hosts without Docker."""
 
     def __init__(self, command: str):
         self.command = command
 
-    def run(self, case: str, in_dir: Path, out_dir: Path, sampler: Sampler, timeout_s: float) -> Outcome:
+    def run(self, case: str, in_dir: Path, out_dir: Path, ctx: CaseContext) -> Outcome:
         # Plain replacement, not str.format: other braces in the command (a dict literal) stay as they are.
         argv = [a.replace("{inputs}", str(in_dir)).replace("{outputs}", str(out_dir))
                 for a in shlex.split(self.command)]
-        params = {"argv": argv, "timeout_s": timeout_s}
-        now = lambda: time.monotonic() - sampler.t0  # noqa: E731
+        params = {"argv": argv, "timeout_s": ctx.timeout_s}
+        now = lambda: time.monotonic() - ctx.sampler.t0  # noqa: E731
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         # The child's output goes to an unnamed temporary file (never a results file), read back at exit.
         with tempfile.TemporaryFile() as log_file:
@@ -207,27 +305,47 @@ class LocalRunner:
                 proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True)
             except OSError as err:
-                return Outcome(None, False, False, "", Timeline(now(), now()), params, error=_one_line(err))
+                return Outcome(None, False, False, "", Timeline(now(), now()), params, error=one_line(err))
             started = now()
-            with contextlib.suppress(psutil.Error):
-                sampler.probe = ProcessTreeProbe(proc.pid)
-            timed_out = False
+            if ctx.watchdog:
+                ctx.watchdog.group(proc.pid, ctx.deadline())
             try:
-                proc.wait(timeout=max(timeout_s - now(), 0.1))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                timed_out, reason = self._wait(proc, out_dir, ctx)
+            finally:
+                _kill_group(proc)  # also on Ctrl-C: nothing of the case outlives the monitor's run
+                if ctx.watchdog:
+                    ctx.watchdog.done(proc.pid)
             exited = now()
-            sampler.probe = None
-            log_file.seek(0)
-            text = log_file.read().decode("utf-8", errors="replace")
+            ctx.sampler.probe = None
+            text = _read_tail(log_file, ctx.log_max_bytes)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        oom = proc.returncode == -signal.SIGKILL and not timed_out
-        return Outcome(proc.returncode, timed_out, oom, text, Timeline(started, exited), params, cpu_total_s=cpu)
+        oom = proc.returncode == -signal.SIGKILL and not timed_out and reason is None
+        return Outcome(proc.returncode, timed_out, oom, text, Timeline(started, exited), params, error=reason,
+                       cpu_total_s=cpu)
+
+    def _wait(self, proc: subprocess.Popen, out_dir: Path, ctx: CaseContext) -> tuple[bool, str | None]:
+        """(timed out, disk-cap reason) once the command has ended or was killed."""
+        with contextlib.suppress(psutil.Error):
+            ctx.sampler.probe = ProcessTreeProbe(proc.pid)
+        places = {OUTPUTS: (out_dir, ctx.limits.output_bytes)}
+        with DiskGuard(places, ctx.limits.entries, breach=lambda _: _kill_group(proc)) as guard:
+            try:
+                proc.wait(timeout=max(ctx.timeout_s - (time.monotonic() - ctx.sampler.t0), 0.1))
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                return True, None
+        return False, guard.reason
 
 
-def _one_line(err: Exception) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return (lines[0] if lines else type(err).__name__)[:300]
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _read_tail(handle, limit: int) -> str:
+    """The last ``limit`` bytes of an open binary file, as text."""
+    size = handle.seek(0, os.SEEK_END)
+    handle.seek(max(size - limit, 0))
+    return handle.read().decode("utf-8", errors="replace")

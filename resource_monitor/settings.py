@@ -1,4 +1,4 @@
-"""Settings of a monitored run, in one small dataclass. Units: seconds, bytes, MiB where stated."""
+"""Settings of a monitored run, in one small dataclass. Units: seconds, and bytes unless stated."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 from challenge import rules
 from challenge.results import TeamDir, team_dir
+from resource_monitor.guard import DiskLimits
 
 
 @dataclass
@@ -28,10 +29,14 @@ class RunSettings:
     pids_limit: int = 4096
     cases_glob: str = "*"
     writable_inputs: bool = False
+    user: str | None = None  # docker run --user UID:GID; None: the image's own user
     resume: bool = False
-    output_cap_bytes: int = 1 << 30  # 1 GiB per prediction file
-    log_tail_lines: int = 50
+    limits: DiskLimits = field(default_factory=DiskLimits)  # caps while a case runs; outputs: also at collection
+    log_tail_lines: int = 50  # the case record keeps the log's last lines ...
+    log_tail_bytes: int = 8 << 10  # ... at most this many bytes of them (the whole log is cases/<Case>.log)
     log_max_size: str = "50m"  # the container's log is capped there (docker json-file max-size, one file)
+    log_max_bytes: int = 50 << 20  # the log kept of a case, in either mode
+    listed_outputs: int = 50  # unexpected output names kept in the case record (the rest are counted)
     plots: bool = True
     extra: dict = field(default_factory=dict)
 

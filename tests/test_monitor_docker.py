@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import docker
 import pandas as pd
 import psutil
 import pytest
@@ -39,7 +40,8 @@ def test_images(docker_client, base_image):
         tags[behaviour] = docker_build(IMAGES, tag, BASE_IMAGE=base_image, BEHAVIOUR=behaviour)
     yield tags
     for tag in tags.values():
-        docker_client.images.remove(tag, force=True)
+        with contextlib.suppress(docker.errors.ImageNotFound):  # another session on the engine removed it
+            docker_client.images.remove(tag, force=True)
 
 
 @pytest.fixture(scope="session")
@@ -193,13 +195,40 @@ def test_archive_loading_gzip_and_plain(docker_client, test_images, tmp_path):
         assert load_archive(docker_client, plain) == (team, f"{team}:latest")
         wrong = tmp_path / "other.tar"
         plain.rename(wrong)
-        with pytest.raises(MonitorError, match="not other:latest"):
+        with pytest.raises(MonitorError, match=f"tagged {team}:latest, not exactly other:latest"):
             load_archive(docker_client, wrong)
         (tmp_path / "junk.tar.gz").write_bytes(b"not an archive")
-        with pytest.raises(MonitorError, match="not a loadable"):
+        with pytest.raises(MonitorError, match="junk.tar.gz: not a docker image archive"):
             load_archive(docker_client, tmp_path / "junk.tar.gz")
     finally:
         docker_client.images.remove(f"{team}:latest", force=True)
+
+
+@pytest.mark.parametrize("shape", ["two images", "two tags"])
+def test_an_archive_that_would_move_another_teams_tag_is_refused_before_loading(docker_client, test_images, tmp_path,
+                                                                                shape):
+    """A hostile archive also carries victim:latest (pointing at its own image): loading it would silently
+    retag another team's image. The manifest is read first, and nothing is loaded."""
+    team, victim = f"team{uuid.uuid4().hex[:6]}", f"victim{uuid.uuid4().hex[:6]}"
+    ours, theirs = docker_client.images.get(test_images["ok"]), docker_client.images.get(test_images["fail"])
+    theirs.tag(victim, "latest")
+    hostile = docker_client.images.get(test_images["sleep"]) if shape == "two images" else ours
+    ours.tag(team, "latest")
+    archive = tmp_path / f"{team}.tar"
+    try:
+        hostile.tag(victim, "latest")  # the archive's victim:latest is the attacker's image
+        subprocess.run([DOCKER_CLI, "save", "-o", str(archive), f"{team}:latest", f"{victim}:latest"], check=True)
+        theirs.tag(victim, "latest")  # the engine's victim:latest is the victim's own again
+        docker_client.images.remove(f"{team}:latest")
+        with pytest.raises(MonitorError, match=f"{team}.tar: (holds 2 images|tagged .*), not exactly"):
+            load_archive(docker_client, archive)
+        assert docker_client.images.get(f"{victim}:latest").id == theirs.id  # not moved
+        with pytest.raises(docker.errors.ImageNotFound):
+            docker_client.images.get(f"{team}:latest")  # nothing was loaded
+    finally:
+        for tag in (f"{team}:latest", f"{victim}:latest"):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker_client.images.remove(tag)
 
 
 def test_cli_archive_run_and_resume(docker_client, test_images, cases, tmp_path, capsys):

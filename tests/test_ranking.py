@@ -102,3 +102,27 @@ def test_holm_by_hand():
     # sorted p: 0.01, 0.02, 0.04 -> 3*0.01=0.03, 2*0.02=0.04, 1*0.04=0.04 (monotone)
     np.testing.assert_allclose(holm(np.array([0.04, 0.01, 0.02])), [0.04, 0.03, 0.04])
     np.testing.assert_allclose(holm(np.array([0.5, 0.6])), [1.0, 1.0])
+
+
+def test_a_case_whose_scoring_failed_never_wins_a_rank():
+    """A crafted file that kills the scorer makes its case `error` with NaN scores: it must take the worst
+    values, so the team ranks behind an identical honest team (it used to rank first: NaN ranks dropped
+    out of the weighted sum)."""
+    honest = _team("honest", [0.9, 0.9], [0.9, 0.9], [10, 10], [0, 0], [100, 100])
+    crafty = _team("crafty", [0.9, np.nan], [0.9, np.nan], [10, 10], [0, 0], [100, 100],
+                   pred_status=["ok", "error: worker died"])
+    result = rank([crafty, honest], CASES, RankingSettings(bootstrap_samples=20))
+    assert result.leaderboard.index.tolist() == ["honest", "crafty"]
+    assert result.values.loc[("crafty", "C1"), "penalised"] == "prediction: error: worker died"
+    assert not result.ranks.isna().any().any()
+
+
+@pytest.mark.parametrize("field", ["dsc", "time", "cpu"])
+def test_a_nan_figure_of_an_ok_case_is_penalised(field):
+    figures = {"dsc": [0.9], "nsd": [0.9], "time": [10.0], "gpu": [0.0], "cpu": [100.0]}
+    figures[field] = [np.nan]
+    nan_team = _team("nan", **figures)
+    honest = _team("honest", [0.5], [0.5], [99.0], [0.0], [500.0])
+    result = rank([nan_team, honest], ["C0"], RankingSettings(bootstrap_samples=10))
+    assert result.values.loc[("nan", "C0"), "penalised"].startswith("not a number")
+    assert result.leaderboard.index.tolist() == ["honest", "nan"] and not result.ranks.isna().any().any()
