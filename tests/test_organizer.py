@@ -87,10 +87,27 @@ def test_broken_archives_rank_last_and_the_run_goes_on(docker_client, base_image
     eff = pd.read_csv(tmp_path / "out/results/crashy/efficiency.csv")
     assert eff["status"].tolist() == ["error: exit code 1"] * 3
     note = json.loads((tmp_path / "out/results/junk/team_status.json").read_text())["note"]
-    assert "not a loadable" in note
+    assert "junk.tar.gz: not a docker image archive" in note
 
 
 def test_bad_arguments_exit_2(tmp_path):
     done = subprocess.run([sys.executable, "-m", "organizer", "challenge", "--images", str(tmp_path), "--labels",
                            str(tmp_path), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert done.returncode == 2 and "give --teams" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--timeout", "-5", "must be > 0"), ("--memory", "lots", "not a size"), ("--bootstrap", "0", "must be >= 1"),
+    ("--gpu", "first", "expected a GPU index"), ("--max-output-mib", "0", "a size in MiB must be"),
+])
+def test_the_organizer_validates_run_options_as_the_monitor_does(data, tmp_path, flag, value, message):
+    argv = ["challenge", "--local", _local(data, "perfect"), "--images", str(data / "images"), "--labels",
+            str(data / "labels"), "--out", str(tmp_path / "o"), flag, value]
+    with pytest.raises(SystemExit) as exc:
+        challenge_main(argv)
+    assert exc.value.code == 2 and not (tmp_path / "o").exists()
+    monitor = subprocess.run([sys.executable, "-m", "resource_monitor", "run", "--command", "true",
+                              "--images", str(data / "images"), "--results", str(tmp_path / "r"), flag, value],
+                             capture_output=True, text=True, timeout=60)
+    if flag != "--bootstrap":  # a ranking option: the monitor has none
+        assert monitor.returncode == 2 and message in monitor.stderr

@@ -39,9 +39,9 @@ def test_second_engine_runs_flare_then_dies_and_leaves_the_host_as_it_was(second
     # A container still running when the engine dies: its shim and process outlive dockerd until stop().
     engine.client.containers.run(tag, ["sleep", "300"], detach=True, **HARDENED)
     engine.kill()
-    with pytest.raises(requests.exceptions.ConnectionError, match="Connection refused"):
+    with pytest.raises(requests.exceptions.ConnectionError, match="Connection (refused|reset|aborted)"):
         engine.client.ping()
-    with pytest.raises(docker.errors.DockerException, match="Connection refused"):
+    with pytest.raises(docker.errors.DockerException, match="Connection (refused|reset|aborted)"):
         docker.DockerClient(base_url=engine.host)  # a new client asks for the API version first
     engine.stop()
     engine.stop()  # twice is harmless
