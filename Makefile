@@ -1,5 +1,6 @@
 # FLARE22-style challenge harness. `make help` lists the targets.
 SHELL := /bin/bash
+REPO := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 PYTHON ?= python3
 DOCKER ?= /usr/bin/docker
 BASE_IMAGE ?= flare-base:bookworm
@@ -16,7 +17,7 @@ help:
 	@echo "make engine      install/start a Docker engine (docker/engine.sh)"
 	@echo "make base        build the local offline base image $(BASE_IMAGE)"
 	@echo "make image       build the predictor image IMAGE=$(IMAGE) (builds the base if missing)"
-	@echo "make submission  save the predictor image as TEAM.tar.gz holding TEAM:latest (TEAM=$(TEAM))"
+	@echo "make submission  TEAM=name [IMAGE=image] [FORCE=1]: save IMAGE (default name:latest) as name.tar.gz holding name:latest"
 	@echo "make phantoms    10 synthetic CT cases with labels in data/phantoms"
 	@echo "make challenge   TEAMS=DIR_OF_ARCHIVES IMAGES=IMAGES_DIR LABELS=LABELS_DIR OUT=DIR: the organizer's whole chain"
 	@echo "make demo        main job on built-in sample data: phantoms -> image -> monitored run -> scores"
@@ -40,8 +41,9 @@ base:
 image:
 	BASE_IMAGE=$(BASE_IMAGE) bash docker/build_image.sh $(IMAGE)
 
+# IMAGE only when given (on the command line or in the environment): without it, TEAM:latest is saved.
 submission:
-	BASE_IMAGE=$(BASE_IMAGE) bash docker/save_submission.sh $(TEAM) $(IMAGE)
+	FORCE=$(FORCE) bash $(REPO)/docker/save_submission.sh $(TEAM) $(if $(filter command line environment,$(origin IMAGE)),$(IMAGE))
 
 test:
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -13,9 +13,10 @@ code   name         meaning
 =====  ===========  =====================================================================================
 
 What "a case failed" means per command: ``predictor`` a scan it could not segment; ``resource_monitor
-run`` a case whose run did not end ``ok``; ``evaluator score`` a case that is
-``missing``, ``invalid`` or ``error``; ``evaluator rank`` and ``organizer challenge`` a team's case that
-was penalised (the leaderboard is written all the same); ``predictor.train`` a training run that failed.
+run`` a case whose run did not end ``ok``; ``organizer check`` a case that did not pass; ``evaluator
+score`` a case that is ``missing``, ``invalid`` or ``error``; ``evaluator rank`` and ``organizer
+challenge`` a team's case that was penalised (the leaderboard is written all the same);
+``predictor.train`` a training run that failed.
 """
 
 from __future__ import annotations

@@ -45,8 +45,9 @@ if [ -z "${DEMO_LOCAL:-}" ] && bash docker/engine.sh >/dev/null 2>&1 && "$DOCKER
   DOCKER_BUILDKIT=1 "$DOCKER" build -q --network none -t flare-predictor-lowres:latest "$ctx" >/dev/null
   rm -rf "$ctx"
   mkdir -p "$OUT/teams"
-  (cd "$OUT/teams" && bash "$repo/docker/save_submission.sh" baseline flare-predictor:latest \
-     && bash "$repo/docker/save_submission.sh" lowres flare-predictor-lowres:latest)
+  # FORCE=1: the demo owns the baseline:latest and lowres:latest tags (a rebuilt image retags them).
+  (cd "$OUT/teams" && FORCE=1 bash "$repo/docker/save_submission.sh" baseline flare-predictor:latest \
+     && FORCE=1 bash "$repo/docker/save_submission.sh" lowres flare-predictor-lowres:latest)
   echo "== 3. challenge: archives -> monitored container runs -> scores -> leaderboard"
   $PY -m organizer challenge --teams "$OUT/teams" --images "$OUT/data/images" --labels "$OUT/data/labels" \
     --out "$OUT/challenge" --memory 8g --shm-size 2g --timeout 600

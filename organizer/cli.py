@@ -1,4 +1,5 @@
-"""``flare-challenge`` / ``python -m organizer challenge``: the organizer's whole chain in one command."""
+"""``flare-challenge`` / ``python -m organizer``: ``challenge``, the organizer's whole chain in one command, and
+``check``, a team's self-check of its submission."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from challenge.cli import (
     require_folder,
     run_command,
 )
-from challenge.exitcodes import for_failures
+from challenge.exitcodes import ExitCode, for_failures
 from challenge.teams import TeamNameError, check_team
 
 log = logging.getLogger("organizer")
@@ -73,7 +74,92 @@ def build_parser() -> argparse.ArgumentParser:
     add_ranking_options(p)
     add_verbosity(p)
     p.rename("--gt", "--labels")
+    _add_check(sub)
     return parser
+
+
+CHECK_EPILOG = """\
+Runs the submission on every <Case>_0000.nii.gz of IMAGES_DIR exactly as the organizers' run does (the
+same sandboxed container, limits and case folders: `python -m resource_monitor run`), then checks each
+output against its input: the name (<Case>.nii.gz), a readable 3D NIfTI on exactly the input's grid
+(size, spacing, origin, direction), label values 0..13 (uint8 expected), and with --labels its DSC and
+NSD. One verdict line per case; a failed run also shows the last lines of its log and a hint when it
+matches a sandbox rule (read-only inputs, no network, sh not bash, no GPU, memory, time).
+
+Exit codes: 0 every case passed, 1 some case failed (so it can gate CI), 2 bad arguments or a refused
+archive, 3 a host fault, 130 interrupted (docs/cli.md). --junit FILE writes a JUnit XML report.
+
+Examples:
+  python -m organizer check --archive myteam.tar.gz --images samples/images --labels samples/labels
+  python -m organizer check --image myteam:latest --images samples/images --junit report.xml --timeout 300
+"""
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    from evaluator.cli import add_scoring_options
+    from resource_monitor.cli import add_run_options
+
+    p = sub.add_parser("check", help="a team's self-check: run as the organizers do, validate every output",
+                       description="Check a submission before sending it.", epilog=CHECK_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--archive", type=Path, help="the archive to submit, TEAM.tar.gz holding TEAM:latest")
+    what.add_argument("--image", help="a local image NAME[:TAG]")
+    add_images(p, help="folder of sample <Case>_0000.nii.gz CT images")
+    add_labels(p, required=False, help="folder of their <Case>.nii.gz ground truth: adds DSC and NSD")
+    add_out(p, required=False, help="where the run's results go (default flare-check)")
+    p.add_argument("--team", type=_team, help="team name (default: from the archive or the image)")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="write a JUnit XML report (one test per case)")
+    add_run_options(p)
+    add_scoring_options(p)
+    add_verbosity(p)
+    p.rename("--inputs", "--images")
+    p.set_defaults(out=Path("flare-check"))
+
+
+def _team(text: str) -> str:
+    try:
+        return check_team(text)
+    except TeamNameError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def main_check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``organizer check``: the run, the verdicts, the exit code."""
+    from resource_monitor.cli import docker_client
+
+    require_folder(parser, args.images, "--images")
+    require_folder(parser, args.labels, "--labels")
+    if args.archive is not None and not args.archive.is_file():
+        parser.error(f"--archive {args.archive}: no such file")
+    client = docker_client(parser)
+    return run_command("flare-check", lambda: _check(args, client), resume_hint="rerun the same command")
+
+
+def _check(args: argparse.Namespace, client) -> int:
+    from challenge.teams import team_from_image
+    from organizer.check import CheckSettings, run_check
+    from resource_monitor.cli import run_settings
+    from resource_monitor.monitor import MonitorError, load_archive
+
+    try:
+        image = args.image
+        team = args.team
+        if args.archive is not None:
+            name, image = load_archive(client, args.archive)
+            team = team or name
+        team = team or team_from_image(image)
+        run = run_settings(args, images=args.images, results=args.out, team=team, image=image)
+        verdicts = run_check(CheckSettings(run, args.labels, args.junit, args.mode), client)
+    except (MonitorError, TeamNameError) as err:
+        print(f"flare-check: error: {err}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    for verdict in verdicts:
+        print("\n".join(verdict.lines()), flush=True)
+    failed = sum(not v.passed for v in verdicts)
+    print(f"flare-check: {len(verdicts) - failed} of {len(verdicts)} case(s) passed"
+          + (f"; JUnit report {args.junit}" if args.junit else ""))
+    return for_failures(failed)
 
 
 def _old_cases_folder(args: argparse.Namespace) -> None:
@@ -89,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args, default=logging.WARNING, fmt="%(levelname)s %(message)s")
+    if args.command == "check":
+        return main_check(parser, args)
     from challenge.cases import list_images
     from evaluator.cli import ranking_settings
     from evaluator.leaderboard import LeaderboardSettings, check_ground_truth

@@ -23,6 +23,7 @@ from challenge.cli import (
 from challenge.exitcodes import ExitCode, for_failures
 from challenge.teams import TeamNameError, check_team
 from resource_monitor.guard import MIB, DiskLimits
+from resource_monitor.hints import explain
 
 _positive = bounded(float, low=0, strict_low=True)
 
@@ -101,6 +102,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--writable-inputs", action="store_true", help="mount the per-case input copy read-write")
     g.add_argument("--user", type=_user, metavar="UID:GID",
                    help="run the container as this user (default: the image's own user)")
+    g.add_argument("--read-only-root", action="store_true",
+                   help="make the container's root file system read-only, with a tmpfs /tmp of --max-layer-mib "
+                        "(default off: docs/experiments/sandbox-compat.md)")
     g.add_argument("--max-output-mib", type=_mib, default=DiskLimits.output_bytes // MIB, metavar="MIB",
                    help="stop a case that writes more than this to /workspace/outputs (default 1024)")
     g.add_argument("--max-layer-mib", type=_mib, default=DiskLimits.layer_bytes // MIB, metavar="MIB",
@@ -120,7 +124,8 @@ def run_settings(args: argparse.Namespace, *, images: Path, results: Path, team:
     return RunSettings(inputs=images, results=results, team=team, image=image, command=command, gpu=gpu,
                        timeout_s=args.timeout, interval_s=args.interval, memory=args.memory,
                        shm_size=args.shm_size, cpus=args.cpus, cases_glob=args.cases,
-                       writable_inputs=args.writable_inputs, user=args.user, resume=resume, limits=limits,
+                       writable_inputs=args.writable_inputs, user=args.user, read_only_root=args.read_only_root,
+                       resume=resume, limits=limits,
                        plots=not args.no_plots)
 
 
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         select_cases(args.images, args.cases)
     except MonitorError as err:
         parser.error(str(err))
-    client = None if args.command else _docker_client(parser)
+    client = None if args.command else docker_client(parser)
     return run_command("flare-monitor", lambda: _run(parser, args, client), resume_hint="rerun with --resume")
 
 
@@ -183,8 +188,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, client) -> i
     except MonitorError as err:
         print(f"flare-monitor: error: {err}", file=sys.stderr)
         return ExitCode.BAD_INPUT
-    for line in result.failed:
-        print(f"flare-monitor: not ok: {line}", file=sys.stderr)
+    for failure in result.failed:
+        lines = explain(failure.case, failure.status, failure.log_tail)
+        print("\n".join([f"flare-monitor: not ok: {lines[0]}", *lines[1:]]), file=sys.stderr)
     print(result.team.efficiency_csv)
     return for_failures(len(result.failed))
 
@@ -198,7 +204,8 @@ def _team_from_image(parser: argparse.ArgumentParser, image: str) -> str:
         parser.error(f"--image {image}: {err}; give --team")
 
 
-def _docker_client(parser: argparse.ArgumentParser):
+def docker_client(parser: argparse.ArgumentParser):
+    """A client of the Docker engine that answers, or a one-line argument error (exit 2)."""
     try:
         import docker
 

@@ -36,8 +36,12 @@ def fingerprint(gpu: Gpu | None, docker_client=None) -> dict:
     if docker_client is not None:
         try:
             v = docker_client.version()
+            engine = docker_client.info()
             info["docker"] = {"server": v.get("Version"), "api": v.get("ApiVersion"),
-                              "cgroup_version": docker_client.info().get("CgroupVersion")}
+                              "cgroup_version": engine.get("CgroupVersion"),
+                              "storage_driver": engine.get("Driver"),
+                              # userns-remap: root in a container is not root on the host (docs/security.md)
+                              "userns_remap": any("name=userns" in str(o) for o in engine.get("SecurityOptions") or [])}
         except Exception:  # noqa: BLE001 - the engine went away
             pass
     return info

@@ -151,6 +151,15 @@ def _case_folder(case: str, watchdog: Watchdog | None):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A case that did not end ``ok``: its status and the last lines of its log."""
+
+    case: str
+    status: str
+    log_tail: list[str]
+
+
 @dataclass
 class TeamRun:
     """What one invocation of :func:`run_team` did: the team folder, and the cases it ran by status kind."""
@@ -158,7 +167,7 @@ class TeamRun:
     team: TeamDir
     run_id: str
     counts: dict[str, int] = field(default_factory=dict)
-    failed: list[str] = field(default_factory=list)  # "<Case>: <status>" of every case not ok
+    failed: list[Failure] = field(default_factory=list)  # every case of this invocation that was not ok
 
 
 def run_case(case: str, image: Path, runner: CaseRunner, settings: RunSettings, gpu: Gpu | None,
@@ -324,7 +333,7 @@ def _run_cases(cases: dict[str, Path], runner: CaseRunner, settings: RunSettings
         kind = status.split(":")[0]
         result.counts[kind] = result.counts.get(kind, 0) + 1
         if status != "ok":
-            result.failed.append(f"{case}: {status}")
+            result.failed.append(Failure(case, status, case_record["log_tail"]))
         print(f"[{n}/{len(cases)}] {settings.team} {case}: {_console_line(case_record)}", flush=True)
 
 

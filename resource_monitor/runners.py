@@ -161,6 +161,9 @@ class DockerRunner:
         }
         if s.user:
             params["user"] = s.user
+        if s.read_only_root:  # the tmpfs counts in the container's memory; exec: images run what they unpack
+            params["read_only"] = True
+            params["tmpfs"] = {"/tmp": f"rw,exec,nosuid,size={s.limits.layer_bytes // MIB}m"}
         if s.cpus:
             params["nano_cpus"] = int(s.cpus * 1e9)
         if s.gpu is not None:

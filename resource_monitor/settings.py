@@ -30,6 +30,7 @@ class RunSettings:
     cases_glob: str = "*"
     writable_inputs: bool = False
     user: str | None = None  # docker run --user UID:GID; None: the image's own user
+    read_only_root: bool = False  # the root file system read-only, a tmpfs /tmp of limits.layer_bytes
     resume: bool = False
     limits: DiskLimits = field(default_factory=DiskLimits)  # caps while a case runs; outputs: also at collection
     log_tail_lines: int = 50  # the case record keeps the log's last lines ...

@@ -143,3 +143,13 @@ def test_old_flag_spelling_warns_and_works(cases, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "warning: --inputs is deprecated; use --images" in done.stderr
+
+
+def test_verbose_shows_the_harness_not_matplotlib_and_absent_figures_print_as_dashes(cases, tmp_path):
+    command = f"{sys.executable} {cases / 'worker.py'} copy {{inputs}} {{outputs}}"
+    done = subprocess.run([sys.executable, "-m", "resource_monitor", "run", "--command", command, "--images",
+                           str(cases / "images"), "--results", str(tmp_path), "--gpu", "none", "-v"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "findfont" not in done.stderr and "matplotlib" not in done.stderr
+    assert "GPU_Mem -" in done.stdout and "None" not in done.stdout

@@ -265,6 +265,8 @@ HELP = {
     ("flare-evaluate", "score"): {"--gt", "--pred", "--out", "-q", "-v"},
     ("flare-evaluate", "rank"): {"--results", "--labels", "--out", "-q", "-v"},
     ("flare-challenge", "challenge"): {"--images", "--labels", "--out", "--cases", "-q", "-v"},
+    ("flare-challenge", "check"): {"--archive", "--image", "--images", "--labels", "--out", "--junit", "--cases",
+                                   "-q", "-v"},
 }
 RETIRED = ("--input ", "--inputs", "--output ", "--gt ", "--cases N", "--cases DIR")
 

@@ -50,7 +50,7 @@ def _ldd(binary: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def mini_rootfs(predict_sh: str | None = None) -> bytes:
+def mini_rootfs(predict_sh: str | None = None, files: tuple[tuple[str, bytes], ...] = ()) -> bytes:
     """An uncompressed tar of a root file system made from host binaries: /bin/{MINI_BINARIES} (sh is a link to
     dash), their libraries where ``ldd`` finds them, /tmp (1777), /workspace/{inputs,outputs} (outputs 0777, for
     a non-root user), /etc/{passwd,group} with root, empty /proc /sys /dev, and /workspace/predict.sh if given."""
@@ -98,17 +98,20 @@ def mini_rootfs(predict_sh: str | None = None) -> bytes:
                 add_file(lib, Path(os.path.realpath(lib)).read_bytes(), 0o755)
         if predict_sh is not None:
             add_file("/workspace/predict.sh", predict_sh.encode(), 0o755)
+        for path, data in files:
+            add_file(path, data, 0o644)
     return buf.getvalue()
 
 
-def mini_image(client, tag: str, predict_sh: str | None = None) -> str:
+def mini_image(client, tag: str, predict_sh: str | None = None, files: dict[str, bytes] | None = None) -> str:
     """Import :func:`mini_rootfs` as ``tag`` (``repo[:tag]``) into the engine of ``client`` (no registry, no base
     image) with WorkingDir /workspace and PATH=/bin, so the FLARE command ``/bin/bash -c "sh predict.sh"`` runs
-    ``predict_sh``. Returns ``tag``."""
+    ``predict_sh``; ``files`` (absolute path -> bytes) are baked in too. Returns ``tag``."""
     from docker.utils import parse_repository_tag
 
     repository, version = parse_repository_tag(tag)
-    reply = client.api.import_image_from_data(mini_rootfs(predict_sh), repository=repository,
+    rootfs = mini_rootfs(predict_sh, tuple(sorted((files or {}).items())))
+    reply = client.api.import_image_from_data(rootfs, repository=repository,
                                               tag=version or "latest", changes=MINI_CHANGES)
     for line in str(reply).splitlines():
         if line.strip() and "error" in json.loads(line):

@@ -165,3 +165,20 @@ def test_an_image_without_bash_is_the_teams_error_not_a_host_fault(docker_client
             assert status.startswith("error: the image cannot run '/bin/bash -c sh predict.sh'"), status
     finally:
         docker_client.images.remove(tag, force=True)
+
+
+def test_a_read_only_root_keeps_tmp_and_outputs_writable(docker_client, cases, tmp_path):
+    script = ("touch /tmp/scratch || exit 5\n"
+              "if touch /workspace/scratch 2>/dev/null; then exit 6; fi\n"
+              "for f in /workspace/inputs/*_0000.nii.gz; do g=${f##*/}; "
+              'cp "$f" "/workspace/outputs/${g%_0000.nii.gz}.nii.gz"; done\n')
+    image = mini_image(docker_client, f"flare-mini-ro:{uuid.uuid4().hex[:8]}", script)
+    try:
+        done = subprocess.run(_argv(image, cases, tmp_path, "--read-only-root", "--cases", "Phantom_0001"),
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        docker_client.images.remove(image, force=True)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "t/cases/Phantom_0001.json").read_text())
+    assert record["status"] == "ok" and record["params"]["read_only"] is True
+    assert record["params"]["tmpfs"] == {"/tmp": "rw,exec,nosuid,size=4096m"}
