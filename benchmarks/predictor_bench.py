@@ -12,6 +12,9 @@ probabilities resized trilinearly). A network's soft probabilities at boundaries
 
 Each (fine_mm, fine_scales, resample) setting is one row; the last column is its time relative to the first
 row. ``fine_scales`` (comma-separated factors): stage 2 at fine_mm times each, probabilities averaged.
+``read`` is ``read_image`` of the CT (.nii.gz, as ``phantoms.write_case`` writes it), ``write`` is ``write_label``
+of the prediction, both with challenge.codec's active codec (named in the report; ``FLARE_CODEC=zlib`` gives
+the zlib figures; ``benchmarks/codec_bench.py --tables nifti`` puts the codecs side by side).
 
     python benchmarks/predictor_bench.py                      # 3 timing runs, 5 held-out cases, both resamplings
     python benchmarks/predictor_bench.py --runs 3 --count 16 --seed 2000 3000 4000 --fine-scales 0.95,1.05 1 \
@@ -30,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from challenge import codec
 from challenge.labels import NUM_CLASSES, ORGANS
 from challenge.nifti import read_image, write_label
 from phantoms.generate import PhantomConfig, generate_case, write_case
@@ -172,7 +176,8 @@ def report(args: argparse.Namespace, settings: list[PipelineConfig], times: list
                   + ", ".join(f"{ORGANS[o - 1].short} {np.mean(v):.3f}" for o, v in sorted(score.organs.items())))
     seeds = " ".join(map(str, args.seed))
     print(f"\npredictor CPU benchmark: {args.threads} threads, 512x512x100 phantom, median of {args.runs} runs, "
-          f"DSC over {args.count} held-out phantoms per seed (seeds {seeds}, mixed domains)")
+          f"DSC over {args.count} held-out phantoms per seed (seeds {seeds}, mixed domains); NIfTI codec "
+          f"{codec.active().name} (read: the CT, write: the label map)")
     print("grid_ceiling: mean DSC of the true labels resampled to the fine network's output grid "
           f"(fine_mm / {'x'.join(map(str, upsample))}) and back (as the row's resample)")
     several = len(args.seed) > 1

@@ -10,9 +10,11 @@ Axis conventions, fixed here for the whole project:
 Reading is header first and bounded, for files from strangers: :func:`read_header` parses and checks the
 NIfTI-1 header itself (``struct``, both byte orders, ``.nii`` and ``.nii.gz``, multi-member gzip included)
 before anything else looks at the file; only then does SimpleITK read the header (``ReadImageInformation``)
-for the geometry, and the data section is inflated once (zlib, in bounded pieces) straight into a buffer
-of exactly the declared size. The arrays and geometry are bit for bit SimpleITK's (``sitk.ReadImage`` +
-``GetArrayFromImage`` + :meth:`Geometry.of`), as the tests check; what ITK does that this module copies:
+for the geometry, and the data section is inflated once (challenge.codec: ISA-L where installed, else zlib;
+in bounded pieces) straight into a buffer of exactly the declared size; a damaged gzip stream fails as zlib
+sees it, whichever codec reads it (:class:`_Stream`). The arrays and geometry are bit for bit SimpleITK's
+(``sitk.ReadImage`` + ``GetArrayFromImage`` + :meth:`Geometry.of`), as the tests check; what ITK does that
+this module copies:
 
 - ``dim[0]`` 4 to 7 whose extra dimensions are all 1 is a 3D image (ITK drops trailing dimensions of 1);
 - ``scl_slope``/``scl_inter`` are float32 in the header, taken as double; NaN reads as 0 (nifti_clib);
@@ -21,28 +23,29 @@ of exactly the declared size. The arrays and geometry are bit for bit SimpleITK'
   data keep their type as ``T(double(x) * slope + intercept)``;
 - NaN and ±inf in float data read as 0 (nifti_clib), before the rescale.
 
-Writers go through challenge.files (a temporary name beside the target, then rename): no half-written
-file is left.
+Writers write what SimpleITK's ``WriteImage`` writes (:func:`nifti_header` builds its header bytes), deflated
+by the same codec straight from the array, and go through challenge.files (a temporary name beside the
+target, then rename): no half-written file is left.
 """
 
 from __future__ import annotations
 
-import gzip
 import math
-import shutil
 import struct
-import tempfile
-import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
 
-from challenge.files import atomic_path, atomic_write_binary
+from challenge import codec
+from challenge.files import atomic_write_binary
 from challenge.labels import MAX_LABEL
+
+_T = TypeVar("_T")
 
 GRID_TOLERANCE = 1e-3  # mm for spacing and origin; unitless for direction cosines
 MAX_VOXELS = 512 * 512 * 2048
@@ -301,14 +304,21 @@ def _rescale_of(path: Path, slope: float, intercept: float) -> tuple[float, floa
 
 class _Stream:
     """The (inflated) bytes of a file, front to back, in bounded pieces. Gzip members follow one another;
-    each member's CRC and length are checked by zlib when its end is read."""
+    each member's CRC and length are checked by the codec when its end is read.
+
+    The codec is challenge.codec's active one (ISA-L where installed). zlib's verdict on a damaged stream is
+    the reference: where another codec reports corrupt data or a member that the file ends inside, the
+    stream is read again from its start with zlib, the requests answered so far and then the one under way,
+    so that the file fails (or reads) exactly as with zlib, with zlib's message."""
 
     def __init__(self, path: Path, compressed: bool) -> None:
         self.path = path
         self.compressed = compressed
         self._file = path.open("rb")
-        self._inflater: zlib._Decompress | None = None  # None between members
+        self._codec = codec.active()
+        self._inflater: codec.Decompressor | None = None  # None between members
         self._tail = b""  # compressed bytes read but not yet inflated
+        self._answered: list[tuple[bool, int]] = []  # (a single piece?, bytes asked) by a codec other than zlib
 
     def __enter__(self) -> _Stream:
         return self
@@ -324,33 +334,13 @@ class _Stream:
         """The next at most ``limit`` (> 0) bytes; empty only at the end of the file (of its last gzip member)."""
         if not self.compressed:
             return self._file.read(limit)
-        while True:
-            if not self._tail:
-                self._tail = self._file.read(READ_BYTES)
-                if not self._tail:
-                    if self._inflater is not None:
-                        raise NiftiError(f"{self.path}: truncated (the gzip stream ends early)")
-                    return b""
-            if self._inflater is None:
-                self._inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-            try:
-                out = self._inflater.decompress(self._tail, limit)
-            except zlib.error as err:
-                raise NiftiError(f"{self.path}: corrupt gzip data ({err})") from None
-            if self._inflater.eof:  # a member ends (CRC checked); another may follow
-                self._tail, self._inflater = self._inflater.unused_data, None
-            else:
-                self._tail = self._inflater.unconsumed_tail
-            if out:
-                return out
+        return self._request(True, limit, lambda: self._piece(limit))
 
     def read(self, count: int) -> bytes:
         """Up to ``count`` bytes (fewer only at the end)."""
-        parts, got = [], 0
-        while got < count and (part := self.piece(min(count - got, INFLATE_BYTES))):
-            parts.append(part)
-            got += len(part)
-        return b"".join(parts)
+        if not self.compressed:
+            return self._pulled(count)
+        return self._request(False, count, lambda: self._pulled(count))
 
     def readinto(self, view: memoryview) -> int:
         """Fill ``view`` (bytes); returns how many bytes came (fewer than its length only at the end)."""
@@ -359,21 +349,78 @@ class _Stream:
             while got < len(view) and (n := self._file.readinto(view[got:])):
                 got += n
             return got
-        got = 0
-        while got < len(view) and (part := self.piece(min(len(view) - got, INFLATE_BYTES))):
-            view[got:got + len(part)] = part
-            got += len(part)
-        return got
+
+        def put(part: bytes, at: int) -> None:
+            view[at:at + len(part)] = part
+        return self._request(False, len(view), lambda: self._pull(len(view), put))
 
     def skip(self, count: int) -> int:
         """Move ``count`` bytes on; returns how many there were."""
         if not self.compressed:
             self._file.seek(count, 1)
             return count
+        return self._request(False, count, lambda: self._pull(count, None))
+
+    def _pulled(self, count: int) -> bytes:
+        parts: list[bytes] = []
+        self._pull(count, lambda part, at: parts.append(part))
+        return b"".join(parts)
+
+    def _pull(self, count: int, sink: Callable[[bytes, int], object] | None) -> int:
+        """Pieces until ``count`` bytes came (fewer only at the end), each passed to ``sink(piece, offset)``."""
         got = 0
-        while got < count and (part := self.piece(min(count - got, INFLATE_BYTES))):
+        while got < count and (part := self._piece(min(count - got, INFLATE_BYTES))):
+            if sink is not None:
+                sink(part, got)
             got += len(part)
         return got
+
+    def _request(self, single: bool, count: int, run: Callable[[], _T]) -> _T:
+        """``run()`` (one public request), replayed with zlib if another codec finds the stream damaged."""
+        if self._codec.name == "zlib":
+            return run()
+        try:
+            result = run()
+        except NiftiError:  # corrupt or unfinished: zlib decides, from the start of the file
+            self._replay_with_zlib()
+            return run()
+        self._answered.append((single, count))
+        return result
+
+    def _replay_with_zlib(self) -> None:
+        """Switch to zlib and read again, from the file's start, what the requests answered so far read (the
+        same requests, so zlib meets any damage exactly where it would have without the other codec)."""
+        self._codec, self._inflater, self._tail = codec.ZLIB, None, b""
+        self._file.seek(0)
+        for single, count in self._answered:
+            if single:
+                self._piece(count)
+            else:
+                self._pull(count, None)
+        self._answered = []
+
+    def _piece(self, limit: int) -> bytes:
+        if not self.compressed:
+            return self._file.read(limit)
+        while True:
+            if not self._tail:
+                self._tail = self._file.read(READ_BYTES)
+                if not self._tail:
+                    if self._inflater is not None:
+                        raise NiftiError(f"{self.path}: truncated (the gzip stream ends early)")
+                    return b""
+            if self._inflater is None:
+                self._inflater = self._codec.inflater()
+            try:
+                out = self._inflater.decompress(self._tail, limit)
+            except self._codec.error as err:
+                raise NiftiError(f"{self.path}: corrupt gzip data ({err})") from None
+            if self._inflater.eof:  # a member ends (CRC checked); another may follow
+                self._tail, self._inflater = self._inflater.unused_data, None
+            else:
+                self._tail = self._inflater.unconsumed_tail
+            if out:
+                return out
 
 
 class _Data:
@@ -559,30 +606,219 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | Path, compres
     """Write a (k, j, i) array on ``geometry`` to ``path`` atomically (challenge.files: temporary name, then
     rename; mode 0644, so containers running as any user can read it).
 
-    ``compression_level`` is the gzip level for ``.nii.gz`` (1 is fast; CT noise leaves higher levels
-    little to gain). Raises ValueError if the array's shape is not ``geometry.shape``.
+    The file is what SimpleITK's ``WriteImage`` writes, byte for byte before compression: the NIfTI-1 header
+    comes from :func:`nifti_header` (SimpleITK's bytes, computed here), then the data in little-endian
+    order. ``.nii.gz`` is one gzip member deflated by challenge.codec's active codec (ISA-L where installed,
+    else zlib) at gzip level ``compression_level`` (0..9, zlib's scale; 1, the default, is ISA-L's level 1:
+    CT noise leaves higher levels little to gain), straight from the array: no uncompressed scratch file.
+    Raises ValueError if the array's shape is not ``geometry.shape`` or a side is over 32767 (NIfTI-1's
+    limit), TypeError for a type NIfTI-1 does not hold (:data:`DATATYPES`' types only).
     """
     path = Path(path)
     if tuple(array.shape) != geometry.shape:
         raise ValueError(f"{path}: array shape {array.shape} != grid shape {geometry.shape} (k, j, i)")
-    image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
-    if not path.name.endswith(".gz"):
-        with atomic_path(path, suffix=".nii") as tmp:
-            sitk.WriteImage(image, str(tmp), useCompression=False)
-        return path
-    # SimpleITK's NIfTI writer ignores its compression level, so gzip here at the level asked for.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".raw.nii", dir=path.parent) as raw:
-        sitk.WriteImage(image, raw.name, useCompression=False)  # a scratch file, removed on close
-        atomic_write_binary(path, lambda handle: _gzip_file(Path(raw.name), handle, compression_level))
-    return path
+    stored = array.dtype.newbyteorder("<")
+    if stored.str[1:] not in _CODE_OF:
+        raise TypeError(f"{path}: dtype {array.dtype} cannot be written as NIfTI-1 (one of uint8, int8, int16, "
+                        "uint16, int32, uint32, int64, uint64, float32, float64)")
+    if not 0 <= compression_level <= 9:
+        raise ValueError(f"{path}: compression_level must be 0..9, got {compression_level}")
+    header = nifti_header(stored, geometry)
+    data = np.ascontiguousarray(array, dtype=stored).data.cast("B")
+    if path.name.endswith(".gz"):
+        return atomic_write_binary(path, lambda handle: _deflate_into(handle, (header, data), compression_level))
+    return atomic_write_binary(path, lambda handle: (handle.write(header), handle.write(data)))
 
 
-def _gzip_file(source: Path, handle: BinaryIO, level: int) -> None:
-    """Deflate ``source`` into the open binary ``handle`` as one gzip member (no name, mtime 0)."""
-    with open(source, "rb") as src, gzip.GzipFile(filename="", fileobj=handle, mode="wb", compresslevel=level,
-                                                  mtime=0) as packed:
-        shutil.copyfileobj(src, packed, 1 << 22)
+_DEFLATE_BYTES = 8 << 20  # raw bytes handed to the compressor at a time
+
+
+def _deflate_into(handle: BinaryIO, parts: Sequence[bytes | memoryview], level: int) -> None:
+    """Deflate ``parts`` one after the other into the open binary ``handle`` as one gzip member (no name,
+    mtime 0), with the active codec; its output is written as it comes."""
+    deflater = codec.active().deflater(level)
+    for part in parts:
+        for start in range(0, len(part), _DEFLATE_BYTES):
+            handle.write(deflater.compress(part[start:start + _DEFLATE_BYTES]))
+    handle.write(deflater.flush())
+
+
+# --- the header SimpleITK writes ----------------------------------------------------------------------------
+#
+# ITK's NiftiImageIO (ITK 5.4, nifti1_io.c) builds the orientation in float and double arithmetic, with a few
+# long double divisions: each step below is the C one, rounding where C rounds (``_f``: to float; double
+# arithmetic is Python's; ``_ld``: long double). tests/test_codec.py compares the bytes with SimpleITK's
+# on LPS, RAS, permuted, oblique, float-rounded and slightly non-orthogonal grids of every type.
+
+_CODE_OF = {np.dtype(t).str[1:]: code for code, t in DATATYPES.items()}  # "i2" -> 4
+_LD = np.longdouble
+
+
+def _f(x: float) -> float:
+    """C's ``(float)x``, kept as a Python float."""
+    return float(np.float32(x))
+
+
+def _ld(x: float) -> np.longdouble:
+    return _LD(x)
+
+
+def _determ(m: list[list[float]]) -> float:
+    (r11, r12, r13), (r21, r22, r23), (r31, r32, r33) = m
+    return r11 * r22 * r33 - r11 * r32 * r23 - r21 * r12 * r33 + r21 * r32 * r13 + r31 * r12 * r23 - r31 * r22 * r13
+
+
+def _inverse(m: list[list[float]]) -> list[list[float]]:
+    """nifti_mat33_inverse."""
+    (r11, r12, r13), (r21, r22, r23), (r31, r32, r33) = m
+    deti = _determ(m)
+    if deti != 0.0:
+        deti = float(_ld(1.0) / _ld(deti))
+    return [[_f(deti * (r22 * r33 - r32 * r23)), _f(deti * (-r12 * r33 + r32 * r13)),
+             _f(deti * (r12 * r23 - r22 * r13))],
+            [_f(deti * (-r21 * r33 + r31 * r23)), _f(deti * (r11 * r33 - r31 * r13)),
+             _f(deti * (-r11 * r23 + r21 * r13))],
+            [_f(deti * (r21 * r32 - r31 * r22)), _f(deti * (-r11 * r32 + r31 * r12)),
+             _f(deti * (r11 * r22 - r21 * r12))]]
+
+
+def _rownorm(m: list[list[float]]) -> float:
+    return max(_f(abs(row[0]) + abs(row[1]) + abs(row[2])) for row in m)
+
+
+def _colnorm(m: list[list[float]]) -> float:
+    return max(_f(abs(m[0][c]) + abs(m[1][c]) + abs(m[2][c])) for c in range(3))
+
+
+def _polar(a: list[list[float]]) -> list[list[float]]:
+    """nifti_mat33_polar: the orthogonal matrix nearest ``a`` (floats)."""
+    x = [row[:] for row in a]
+    gam = _f(_determ(x))
+    while gam == 0.0:  # perturb a singular matrix
+        gam = _f(0.00001 * (0.001 + _rownorm(x)))
+        for i in range(3):
+            x[i][i] = _f(x[i][i] + gam)
+        gam = _f(_determ(x))
+    dif, rounds = 1.0, 0
+    while True:
+        y = _inverse(x)
+        if dif > 0.3:
+            alp = _f(math.sqrt(_f(_rownorm(x) * _colnorm(x))))
+            bet = _f(math.sqrt(_f(_rownorm(y) * _colnorm(y))))
+            gam = _f(math.sqrt(_f(bet / alp)))
+            gmi = _f(1.0 / gam)
+        else:
+            gam = gmi = 1.0
+        z = [[_f(0.5 * _f(_f(gam * x[i][j]) + _f(gmi * y[j][i]))) for j in range(3)] for i in range(3)]
+        dif = _f(sum(abs(_f(z[i][j] - x[i][j])) for i in range(3) for j in range(3)))
+        rounds += 1
+        if rounds > 100 or dif < 3.0e-6:
+            return z
+        x = z
+
+
+def _orthogonal_rows(rows: list[list[float]]) -> list[list[float]]:
+    """nifti_make_orthog_mat44's 3x3 part: rows normalised in float, then :func:`_polar`."""
+    q = [row[:] for row in rows]
+    for n in range(3):
+        r = q[n]
+        norm2 = _f(_f(_f(r[0] * r[0]) + _f(r[1] * r[1])) + _f(r[2] * r[2]))
+        if norm2 > 0.0:
+            scale = _f(float(_ld(1.0) / _ld(math.sqrt(norm2))))
+            q[n] = [_f(v * scale) for v in r]
+        elif n < 2:
+            q[n] = [1.0, 0.0, 0.0] if n == 0 else [0.0, 1.0, 0.0]
+        else:  # the cross product of the first two rows
+            a, b = q[0], q[1]
+            q[2] = [_f(_f(a[1] * b[2]) - _f(a[2] * b[1])), _f(_f(a[2] * b[0]) - _f(a[0] * b[2])),
+                    _f(_f(a[0] * b[1]) - _f(a[1] * b[0]))]
+    return _polar(q)
+
+
+def _quarter(num: float, den: float) -> float:
+    """``0.25l * num / den`` assigned to a double."""
+    return float(_ld(0.25) * _ld(num) / _ld(den))
+
+
+def _half_sqrt(x: float) -> float:
+    """``0.5l * sqrt(x)`` assigned to a double."""
+    return float(_ld(0.5) * _ld(math.sqrt(x)))
+
+
+def _quaternion(m: list[list[float]]) -> tuple[float, float, float, float]:
+    """nifti_mat44_to_quatern of a 3x3 float matrix: (quatern_b, quatern_c, quatern_d, qfac) as floats."""
+    (r11, r12, r13), (r21, r22, r23), (r31, r32, r33) = m
+    xd = math.sqrt(r11 * r11 + r21 * r21 + r31 * r31)
+    yd = math.sqrt(r12 * r12 + r22 * r22 + r32 * r32)
+    zd = math.sqrt(r13 * r13 + r23 * r23 + r33 * r33)
+    if xd == 0.0:
+        r11, r21, r31, xd = 1.0, 0.0, 0.0, 1.0
+    if yd == 0.0:
+        r22, r12, r32, yd = 1.0, 0.0, 0.0, 1.0
+    if zd == 0.0:
+        r33, r13, r23, zd = 1.0, 0.0, 0.0, 1.0
+    r11, r21, r31 = r11 / xd, r21 / xd, r31 / xd
+    r12, r22, r32 = r12 / yd, r22 / yd, r32 / yd
+    r13, r23, r33 = r13 / zd, r23 / zd, r33 / zd
+    (r11, r12, r13), (r21, r22, r23), (r31, r32, r33) = _polar(
+        [[_f(r11), _f(r12), _f(r13)], [_f(r21), _f(r22), _f(r23)], [_f(r31), _f(r32), _f(r33)]])
+    det = r11 * r22 * r33 - r11 * r32 * r23 - r21 * r12 * r33 + r21 * r32 * r13 + r31 * r12 * r23 - r31 * r22 * r13
+    qfac = 1.0 if det > 0 else -1.0
+    if det <= 0:  # improper: flip the third column
+        r13, r23, r33 = -r13, -r23, -r33
+    a = float(_ld(r11 + r22 + r33) + _ld(1.0))
+    if a > 0.5:
+        a = _half_sqrt(a)
+        b, c, d = _quarter(r32 - r23, a), _quarter(r13 - r31, a), _quarter(r21 - r12, a)
+    else:
+        xd, yd, zd = 1.0 + r11 - (r22 + r33), 1.0 + r22 - (r11 + r33), 1.0 + r33 - (r11 + r22)
+        if xd > 1.0:
+            b = _half_sqrt(xd)
+            c, d, a = _quarter(r12 + r21, b), _quarter(r13 + r31, b), _quarter(r32 - r23, b)
+        elif yd > 1.0:
+            c = _half_sqrt(yd)
+            b, d, a = _quarter(r12 + r21, c), _quarter(r23 + r32, c), _quarter(r13 - r31, c)
+        else:
+            d = _half_sqrt(zd)
+            b, c, a = _quarter(r13 + r31, d), _quarter(r23 + r32, d), _quarter(r21 - r12, d)
+        if a < 0.0:
+            b, c, d = -b, -c, -d
+    return _f(b), _f(c), _f(d), qfac
+
+
+def nifti_header(dtype: np.dtype | type, geometry: Geometry) -> bytes:
+    """The 352 bytes (NIfTI-1 header and an empty extension flag) that SimpleITK's ``WriteImage`` writes for
+    an image of ``dtype`` (one of :data:`DATATYPES`' types, little-endian) on ``geometry``: qform and sform
+    both ``scanner`` from the direction (orthogonalised in float as ITK does), ``pixdim`` the spacing as
+    float, millimetres and seconds, ``vox_offset`` 352, ``scl_slope`` 1."""
+    stored = np.dtype(dtype)
+    code = _CODE_OF.get(stored.newbyteorder("<").str[1:])
+    if code is None:
+        raise TypeError(f"dtype {stored} cannot be written as NIfTI-1")
+    if max(geometry.size) > 32767 or min(geometry.size) < 1:
+        raise ValueError(f"size {_plain(geometry.size)}: NIfTI-1 holds 1..32767 voxels a side")
+    d = [[float(v) for v in geometry.direction[3 * r:3 * r + 3]] for r in range(3)]
+    # Axis n is column n of the direction, LPS -> RAS: x and y negated (in double, then float), z as is.
+    rows = [[_f(-d[0][n]), _f(-d[1][n]), -_f(-d[2][n])] for n in range(3)]
+    p = _orthogonal_rows(rows)
+    m = [[p[j][i] for j in range(3)] for i in range(3)]  # transposed: the axes are columns
+    offset = (_f(-float(geometry.origin[0])), _f(-float(geometry.origin[1])), _f(float(geometry.origin[2])))
+    qb, qc, qd, qfac = _quaternion(m)
+    spacing = [_f(float(s)) for s in geometry.spacing]
+    srow = [[_f(spacing[j] * m[i][j]) for j in range(3)] + [offset[i]] for i in range(3)]
+    header = bytearray(MIN_VOX_OFFSET)
+    struct.pack_into("<i", header, 0, HEADER_BYTES)
+    header[38] = ord("r")  # regular
+    struct.pack_into("<8h", header, 40, 3, *geometry.size, 1, 1, 1, 1)
+    struct.pack_into("<2h", header, 70, code, 8 * stored.itemsize)
+    struct.pack_into("<8f", header, 76, qfac, *(abs(s) for s in spacing), 0.0, 0.0, 0.0, 0.0)
+    struct.pack_into("<3f", header, 108, float(MIN_VOX_OFFSET), 1.0, 0.0)  # vox_offset, scl_slope, scl_inter
+    header[123] = 2 | 8  # xyzt_units: mm, s
+    struct.pack_into("<2h", header, 252, 1, 1)  # qform_code, sform_code: scanner
+    struct.pack_into("<6f", header, 256, qb, qc, qd, *offset)
+    struct.pack_into("<12f", header, 280, *srow[0], *srow[1], *srow[2])
+    header[344:348] = b"n+1\0"
+    return bytes(header)
 
 
 def write_label(labels: np.ndarray, geometry: Geometry, path: str | Path, compression_level: int = 1) -> Path:

@@ -167,27 +167,34 @@ def clear_team_status(team: TeamDir) -> None:
 
 # --- case records ---------------------------------------------------------------------------------------
 
-def finished_cases(team: TeamDir) -> set[str]:
-    """Cases whose record says they finished (any status): ``--resume`` skips them. Unreadable records
-    count as unfinished."""
+def finished_cases(team: TeamDir, run_id: str | None = None) -> set[str]:
+    """Cases whose record says they finished (any status), of run ``run_id`` when given: ``--resume`` skips
+    them. Unreadable records, and records of another run, count as unfinished."""
     done = set()
     for path in team.cases.glob("*.json") if team.cases.is_dir() else []:
         try:
-            if read_json(path).get("finished"):
+            record = read_json(path)
+            if record.get("finished") and (run_id is None or record.get("run_id") == run_id):
                 done.add(path.stem)
         except (OSError, ValueError, AttributeError):
             continue
     return done
 
 
-def case_records(team: TeamDir) -> list[dict]:
-    """Every finished case record of ``team``, sorted by case id."""
+def case_records(team: TeamDir, run_id: str | None = None) -> list[dict]:
+    """Every finished case record of ``team`` (of run ``run_id`` when given: no table mixes runs), sorted by
+    case id."""
     records = []
     for path in sorted(team.cases.glob("*.json")) if team.cases.is_dir() else []:
         record = read_json(path)
-        if record.get("finished"):
+        if record.get("finished") and (run_id is None or record.get("run_id") == run_id):
             records.append(record)
     return records
+
+
+def holds_a_run(team: TeamDir) -> bool:
+    """Whether ``team``'s folder already holds results of a run (a run record or case records)."""
+    return team.run_json.exists() or (team.cases.is_dir() and any(team.cases.iterdir()))
 
 
 def read_curves(team: TeamDir) -> dict[str, dict[str, list]]:

@@ -155,6 +155,8 @@ def add_ranking_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("ranking")
     g.add_argument("--bootstrap", type=_workers, default=1000, help="bootstrap samples (default 1000)")
     g.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    g.add_argument("--title", default="FLARE22-style challenge", metavar="TEXT",
+                   help="the challenge's name on the report (default 'FLARE22-style challenge')")
 
 
 def ranking_settings(args: argparse.Namespace):
@@ -172,7 +174,7 @@ def _run_rank(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     problem = _writable(args.out)
     if problem:
         parser.error(problem)
-    settings = LeaderboardSettings(args.mode, args.workers, ranking_settings(args), args.max_voxels)
+    settings = LeaderboardSettings(args.mode, args.workers, ranking_settings(args), args.max_voxels, args.title)
     try:
         published = rank_results(args.results, args.labels, args.out, settings)
     except ValueError as err:

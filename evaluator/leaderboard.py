@@ -14,9 +14,10 @@ from pathlib import Path
 
 from challenge.cases import list_labels
 from challenge.nifti import MAX_VOXELS, read_header
-from challenge.results import TeamDir, discover_teams, read_curves, read_run, read_table, read_team_status
+from challenge.results import RunRecord, TeamDir, discover_teams, read_curves, read_run, read_table, read_team_status
 from evaluator.ranking import Ranking, RankingSettings, TeamResults, rank
-from evaluator.report import Curves, write_leaderboard
+from evaluator.report import Curves, TeamFiles, write_leaderboard
+from evaluator.report_facts import DEFAULT_TITLE
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class LeaderboardSettings:
     workers: int | None = None
     ranking: RankingSettings | None = None
     max_voxels: int = MAX_VOXELS  # the most voxels a GT may declare (challenge.nifti)
+    title: str = DEFAULT_TITLE  # the challenge's name on the report
 
 
 @dataclass
@@ -45,8 +47,10 @@ class Published:
         return [f"{team}/{case}: {reason}" for team, case, reason in zip(teams, cases, hit["penalised"], strict=True)]
 
 
-def load_team(team: TeamDir, gt_dir: Path, settings: LeaderboardSettings) -> tuple[TeamResults, Curves, dict]:
-    """One team's tables, its curves and its run settings; scores its outputs if metrics.csv is missing.
+def load_team(team: TeamDir, gt_dir: Path,
+              settings: LeaderboardSettings) -> tuple[TeamResults, Curves, RunRecord | None]:
+    """One team's tables, its curves and its run record (None if there is none or it cannot be read); scores
+    its outputs if metrics.csv is missing.
 
     A team folder whose files cannot be read is ranked last with the reason as its note, never dropped."""
     from evaluator.scoring import score_folder
@@ -61,12 +65,18 @@ def load_team(team: TeamDir, gt_dir: Path, settings: LeaderboardSettings) -> tup
                          progress=False, max_voxels=settings.max_voxels)
             metrics = read_table(team.metrics_csv)
     except (ValueError, KeyError, UnicodeDecodeError) as err:  # pandas' and json's parse errors are ValueErrors
-        return TeamResults(team.team, None, None, f"unreadable results: {_one_line(err)}"), {}, {}
+        return TeamResults(team.team, None, None, f"unreadable results: {_one_line(err)}"), {}, None
     if efficiency is None and metrics is None and not note:
         note = "no results"
-    record = read_run(team)
-    run = {"settings": record.settings} if record is not None else {}
-    return TeamResults(team.team, metrics, efficiency, note), read_curves(team), run
+    return TeamResults(team.team, metrics, efficiency, note), read_curves(team), read_run(team)
+
+
+def team_files(team: TeamDir, results: TeamResults, run: RunRecord | None, cases: list[str]) -> TeamFiles:
+    """What the report needs of a team beyond its ranked values: its efficiency table, its run record and the
+    paths of the per-case plots and logs (``cases/<Case>.log``, ``plots/<Case>.png``) that exist."""
+    return TeamFiles(results.efficiency, run,
+                     plots={c: team.plot(c) for c in cases if team.plot(c).is_file()},
+                     logs={c: team.case_log(c) for c in cases if team.case_log(c).is_file()})
 
 
 def _one_line(err: Exception) -> str:
@@ -109,16 +119,17 @@ def rank_results(results_dir: Path, gt_dir: Path, out_dir: Path, settings: Leade
     skipped = {**(not_ranked or {}), **skipped_folders(results_dir)}
     for name, reason in skipped.items():
         log.warning("%s: not ranked: %s", name, reason)
-    teams, curves, runs, metrics = [], {}, {}, {}
+    teams, curves, files, metrics = [], {}, {}, {}
     for team_dir in team_dirs:
         team, team_curves, run = load_team(team_dir, gt_dir, settings)
         teams.append(team)
-        curves[team.team], runs[team.team] = team_curves, run
+        curves[team.team], files[team.team] = team_curves, team_files(team_dir, team, run, cases)
         if team.metrics is not None:
             metrics[team.team] = team.metrics
     ranking = rank(teams, cases, settings.ranking or RankingSettings())
-    report_settings = {"ranking": vars(ranking.settings), "evaluator_mode": settings.mode,
+    report_settings = {"title": settings.title, "ranking": vars(ranking.settings), "evaluator_mode": settings.mode,
                        "gt_dir": gt_dir.name, "results_dir": results_dir.name, "cases": len(cases),
-                       "monitor_runs": {t: r.get("settings", r) for t, r in runs.items()},
+                       "monitor_runs": {t: f.run.settings if f.run is not None else {} for t, f in files.items()},
                        "not_ranked": skipped}
-    return Published(write_leaderboard(ranking, out_dir, metrics, curves, report_settings), ranking)
+    index = write_leaderboard(ranking, out_dir, metrics, curves, report_settings, files)
+    return Published(index, ranking)

@@ -32,9 +32,13 @@ load or crashes on every case is ranked last with its status; the run goes on.
 
 Without Docker, --local NAME=COMMAND runs a host command per case instead ({inputs}, {outputs}).
 
+Rerunning: --resume finishes the run in OUT_DIR (its finished cases are kept; an archive whose image the
+engine holds already is not loaded again); --fresh starts over; without either, an OUT_DIR holding a run
+is refused.
+
 Exit codes: 0 no case penalised, 1 some team's case penalised (the leaderboard is written all the same),
 2 bad arguments, 3 a host fault (no space, the engine gone: never a team's result), 130 interrupted
-(Ctrl-C or SIGTERM; containers and temporary folders removed) (docs/cli.md).
+(Ctrl-C or SIGTERM; containers and temporary folders removed): then rerun with --resume (docs/cli.md).
 
 Examples:
   python -m organizer challenge --teams teams/ --images data/images --labels data/labels --out out/challenge
@@ -69,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_images(p, required=False, help="folder of <Case>_0000.nii.gz CT images (required)")
     add_labels(p)
     add_out(p, help="results/ and leaderboard/ go here")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="finish the run in OUT_DIR: finished cases kept, archives already loaded not loaded again")
+    again.add_argument("--fresh", action="store_true",
+                       help="empty OUT_DIR's earlier run first (without --resume or --fresh it is refused)")
     add_run_options(p)
     add_scoring_options(p)
     add_ranking_options(p)
@@ -149,7 +158,7 @@ def _check(args: argparse.Namespace, client) -> int:
             name, image = load_archive(client, args.archive)
             team = team or name
         team = team or team_from_image(image)
-        run = run_settings(args, images=args.images, results=args.out, team=team, image=image)
+        run = run_settings(args, images=args.images, results=args.out, team=team, image=image, fresh=True)
         verdicts = run_check(CheckSettings(run, args.labels, args.junit, args.mode), client)
     except (MonitorError, TeamNameError) as err:
         print(f"flare-check: error: {err}", file=sys.stderr)
@@ -180,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     from challenge.cases import list_images
     from evaluator.cli import ranking_settings
     from evaluator.leaderboard import LeaderboardSettings, check_ground_truth
-    from organizer.challenge_run import ChallengeSettings, find_archives
+    from organizer.challenge_run import ChallengeSettings, find_archives, prepare
     from resource_monitor.cli import run_settings
 
     _old_cases_folder(args)
@@ -202,14 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     settings = ChallengeSettings(images=args.images, labels=args.labels, out=args.out, teams=args.teams,
                                  local=dict(args.local), monitor=monitor,
                                  leaderboard=LeaderboardSettings(args.mode, args.workers, ranking_settings(args),
-                                                                 args.max_voxels))
-    return run_command("flare-challenge", lambda: _run(settings), resume_hint="rerun the same command")
+                                                                 args.max_voxels, args.title),
+                                 resume=args.resume, fresh=args.fresh)
+    try:
+        record = prepare(settings)
+    except ValueError as err:
+        parser.error(str(err))
+    return run_command("flare-challenge", lambda: _run(settings, record), resume_hint="rerun with --resume")
 
 
-def _run(settings) -> int:
+def _run(settings, record) -> int:
     from organizer.challenge_run import run_challenge
 
-    published = run_challenge(settings)
+    published = run_challenge(settings, record=record)
     for line in published.penalised:
         log.warning("penalised: %s", line)
     print(f"leaderboard: {published.index}")

@@ -72,14 +72,26 @@ def _manifest_entries(archive: Path) -> list:
     raise MonitorError(f"{archive.name}: not a docker image archive (no manifest.json)")
 
 
-def load_archive(client, archive: Path) -> tuple[str, str]:
-    """Check ``archive`` (:func:`read_manifest`), then ``docker load`` it; returns (team, "team:latest").
+def already_loaded(client, manifest: Manifest) -> bool:
+    """Whether the engine holds the archive's image (the same image ID) under the team's tag already."""
+    try:
+        return bool(client.images.get(manifest.tag).id == manifest.image_id)
+    except Exception:  # noqa: BLE001 - not there (or the engine is gone: load_archive then says so)
+        return False
 
-    MonitorError when the archive is refused or the engine refuses it; HostFault when the engine is gone.
+
+def load_archive(client, archive: Path, manifest: Manifest | None = None) -> tuple[str, str]:
+    """Check ``archive`` (:func:`read_manifest`), then ``docker load`` it unless the engine holds its image
+    under the team's tag already (the same image ID); returns (team, "team:latest").
+
+    ``manifest``: the archive's :func:`read_manifest`, when the caller has it already. MonitorError when the
+    archive is refused or the engine refuses it; HostFault when the engine is gone.
     """
     import docker
 
-    manifest = read_manifest(archive)
+    manifest = manifest or read_manifest(archive)
+    if already_loaded(client, manifest):
+        return manifest.team, manifest.tag
     try:
         with archive.open("rb") as f:
             images = client.images.load(f)

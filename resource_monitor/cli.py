@@ -114,7 +114,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_settings(args: argparse.Namespace, *, images: Path, results: Path, team: str = "",
-                 image: str | None = None, command: str | None = None, resume: bool = False):
+                 image: str | None = None, command: str | None = None, resume: bool = False, fresh: bool = False):
     """The :class:`RunSettings` of the options :func:`add_run_options` added."""
     from resource_monitor.gpu import default_gpu_index
     from resource_monitor.settings import RunSettings
@@ -125,7 +125,7 @@ def run_settings(args: argparse.Namespace, *, images: Path, results: Path, team:
                        timeout_s=args.timeout, interval_s=args.interval, memory=args.memory,
                        shm_size=args.shm_size, cpus=args.cpus, cases_glob=args.cases,
                        writable_inputs=args.writable_inputs, user=args.user, read_only_root=args.read_only_root,
-                       resume=resume, limits=limits,
+                       resume=resume, fresh=fresh, limits=limits,
                        plots=not args.no_plots)
 
 
@@ -144,7 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", required=True, type=Path, metavar="RESULTS_DIR", help="results root")
     p.add_argument("--team", type=_team, help="team name (default: from the archive, the image's repository, "
                                               "or 'local')")
-    p.add_argument("--resume", action="store_true", help="skip cases already finished in RESULTS_DIR")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="finish the run in RESULTS_DIR/<team>: its finished cases are kept, its run id too")
+    again.add_argument("--fresh", action="store_true",
+                       help="remove RESULTS_DIR/<team>'s earlier results first (without --resume or --fresh, a "
+                            "team folder holding a run is refused)")
     add_run_options(p)
     add_verbosity(p)
     p.rename("--inputs", "--images")
@@ -183,7 +188,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, client) -> i
             args.team = args.team or team
         team = args.team or ("local" if args.command else _team_from_image(parser, image))
         settings = run_settings(args, images=args.images, results=args.results, team=team, image=image,
-                                command=args.command, resume=args.resume)
+                                command=args.command, resume=args.resume, fresh=args.fresh)
         result = run_team(settings, client)
     except MonitorError as err:
         print(f"flare-monitor: error: {err}", file=sys.stderr)

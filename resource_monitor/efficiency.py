@@ -138,3 +138,26 @@ def accurate_figures(series: Series, timeline: Timeline, cpu_total_s: float | No
         "samples": len(series),
         "mean_period_s": round(float(np.diff(t).mean()), 5) if len(t) > 1 else None,
     }
+
+
+BUSY_CORES = 0.3  # other processes using more than this many cores on average: the host was shared
+
+
+def other_cores(series: Series, target_core_s: float | None) -> float | None:
+    """The mean number of CPU cores that processes other than the target used while it ran: the host's busy
+    core-seconds (user + system, all cores) minus the target's own, over the sampled time. The flare22 CPU
+    and Time figures are host-wide, so a value well above the monitor's own few hundredths of a core means
+    the case shared the host with other load. None without samples or the target's CPU time."""
+    if not len(series) or target_core_s is None or series.t[-1] <= 0:
+        return None
+    before, last = series.cpu_before, series.cpu_times[-1]
+    busy = (last[0] - before[0]) + (last[1] - before[1])
+    return max(busy - target_core_s, 0.0) / series.t[-1]
+
+
+def host_load(others: list[float], load1: list[float]) -> dict:
+    """An attempt's host load from its cases' :func:`other_cores` and 1-minute load averages."""
+    mean = float(np.mean(others)) if others else None
+    return {"other_cores_mean": mean, "other_cores_max": max(others) if others else None,
+            "load1_max": max(load1) if load1 else None, "cases": len(others),
+            "busy": bool(mean is not None and mean > BUSY_CORES)}

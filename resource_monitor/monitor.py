@@ -30,10 +30,19 @@ from pathlib import Path
 
 from challenge.cases import list_images
 from challenge.files import atomic_write_text
-from challenge.results import RunRecord, TeamDir, finish_attempt, finished_cases, new_run_id, read_run, write_json
+from challenge.results import (
+    RunRecord,
+    TeamDir,
+    finish_attempt,
+    finished_cases,
+    holds_a_run,
+    new_run_id,
+    read_run,
+    write_json,
+)
 from resource_monitor.archive import load_archive
 from resource_monitor.collect import Collected, collect_output
-from resource_monitor.efficiency import accurate_figures, flare22_figures, official_cpu_percent
+from resource_monitor.efficiency import accurate_figures, flare22_figures, host_load, official_cpu_percent, other_cores
 from resource_monitor.errors import HostFault, MonitorError, engine_gone, one_line
 from resource_monitor.gpu import Gpu
 from resource_monitor.host import fingerprint
@@ -168,6 +177,8 @@ class TeamRun:
     run_id: str
     counts: dict[str, int] = field(default_factory=dict)
     failed: list[Failure] = field(default_factory=list)  # every case of this invocation that was not ok
+    other_cores: list[float] = field(default_factory=list)  # per case run: cores used by other processes
+    load1: list[float] = field(default_factory=list)  # per case run: the 1-minute load average at its end
 
 
 def run_case(case: str, image: Path, runner: CaseRunner, settings: RunSettings, gpu: Gpu | None,
@@ -212,9 +223,19 @@ def run_case(case: str, image: Path, runner: CaseRunner, settings: RunSettings, 
         "accurate": accurate_figures(series, outcome.timeline, outcome.cpu_total_s),
         "series": series.to_json(),
         "cpu_percent": official_cpu_percent(series).round(3).tolist() if len(series) else [],
+        "host_load": {"other_cores": other_cores(series, _target_core_s(outcome, series)),
+                      "load1": os.getloadavg()[0]},
     }
     write_json(team.case_record(case), record)
     return record
+
+
+def _target_core_s(outcome: Outcome, series) -> float | None:
+    """The target's CPU core-seconds: exact where the runner knows them, else the last probe reading."""
+    if outcome.cpu_total_s is not None:
+        return outcome.cpu_total_s
+    readings = [v for v in series.target_cpu_s if v is not None]
+    return max(readings) if readings else None
 
 
 def _plot(series, title: str, path: Path) -> None:
@@ -259,13 +280,20 @@ def _runner(settings: RunSettings, run_id: str, docker_client) -> tuple[CaseRunn
 
 
 def _run_record(settings: RunSettings, cases: list[str]) -> RunRecord:
-    """The team's run record: the existing one when resuming (its run id survives), else a new one."""
-    previous = read_run(settings.team_dir) if settings.resume else None
+    """The team's run record: the existing one when resuming (its run id survives), else a new one. A team
+    folder that holds an earlier run is refused (MonitorError) unless resumed or ``fresh`` (then emptied):
+    the results of two runs are never mixed."""
+    team = settings.team_dir
+    previous = read_run(team) if settings.resume else None
     snapshot = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()}
     if previous is not None:
         previous.settings, previous.cases = snapshot, cases
         return previous
-    return RunRecord(run_id=new_run_id(), team=settings.team, cases=cases, settings=snapshot,
+    if holds_a_run(team):
+        if not settings.fresh:
+            raise MonitorError(f"{team.path} holds an earlier run: --resume to finish it, or --fresh to start over")
+        shutil.rmtree(team.path)
+    return RunRecord(run_id=settings.run_id or new_run_id(), team=settings.team, cases=cases, settings=snapshot,
                      command=settings.command)
 
 
@@ -301,7 +329,7 @@ def run_team(settings: RunSettings, docker_client=None) -> TeamRun:
         try:
             team.path.mkdir(parents=True, exist_ok=True)
             record.save(team)
-            write_efficiency_tables(team)  # a resumed run starts from its finished records
+            write_efficiency_tables(team, record.run_id)  # a resumed run starts from its finished records
             _run_cases(cases, runner, settings, gpu, record.run_id, watchdog, result)
         except OSError as err:
             raise _results_fault(err, team) from None
@@ -315,6 +343,7 @@ def run_team(settings: RunSettings, docker_client=None) -> TeamRun:
     finally:
         watchdog.close(clean=status != "host-fault")
         finish_attempt(attempt, status, result.counts)
+        attempt.host_load = host_load(result.other_cores, result.load1)
         with contextlib.suppress(OSError):  # the disk may be what failed
             record.save(team)
     return result
@@ -322,19 +351,43 @@ def run_team(settings: RunSettings, docker_client=None) -> TeamRun:
 
 def _run_cases(cases: dict[str, Path], runner: CaseRunner, settings: RunSettings, gpu: Gpu | None, run_id: str,
                watchdog: Watchdog, result: TeamRun) -> None:
-    done = finished_cases(result.team) if settings.resume else set()
+    done = finished_cases(result.team, run_id) if settings.resume else set()
+    todo = [case for case in cases if case not in done]
+    walls: list[float] = []
     for n, (case, image_path) in enumerate(cases.items(), 1):
         if case in done:
             print(f"[{n}/{len(cases)}] {settings.team} {case}: already finished (--resume)", flush=True)
             continue
+        clock = time.monotonic()
         case_record = run_case(case, image_path, runner, settings, gpu, run_id, watchdog)
-        write_efficiency_tables(result.team)
-        status = case_record["status"]
-        kind = status.split(":")[0]
-        result.counts[kind] = result.counts.get(kind, 0) + 1
-        if status != "ok":
-            result.failed.append(Failure(case, status, case_record["log_tail"]))
-        print(f"[{n}/{len(cases)}] {settings.team} {case}: {_console_line(case_record)}", flush=True)
+        write_efficiency_tables(result.team, run_id)
+        walls.append(time.monotonic() - clock)
+        _count(result, case_record)
+        left = len(todo) - len(walls)
+        eta = f", {_duration(left * sum(walls) / len(walls))} left for {left} case(s)" if left else ""
+        print(f"[{n}/{len(cases)}] {settings.team} {case}: {_console_line(case_record)}{eta}", flush=True)
+
+
+def _count(result: TeamRun, case_record: dict) -> None:
+    load = case_record["host_load"]
+    if load["other_cores"] is not None:
+        result.other_cores.append(load["other_cores"])
+    result.load1.append(load["load1"])
+    status = case_record["status"]
+    kind = status.split(":")[0]
+    result.counts[kind] = result.counts.get(kind, 0) + 1
+    if status != "ok":
+        result.failed.append(Failure(case_record["case"], status, case_record["log_tail"]))
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 5 s`` or ``2 h 10 min``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 def _console_line(record: dict) -> str:

@@ -19,10 +19,11 @@ from challenge.results import TeamDir, case_records
 from resource_monitor.efficiency import ACCURATE_COLUMNS, FLARE22_COLUMNS
 
 
-def write_efficiency_tables(team: TeamDir) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rebuild efficiency.csv and efficiency_accurate.csv from every finished case record."""
+def write_efficiency_tables(team: TeamDir, run_id: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rebuild efficiency.csv and efficiency_accurate.csv from every finished case record (of run ``run_id``
+    when given: no table mixes runs)."""
     flare, accurate = [], []
-    for record in case_records(team):
+    for record in case_records(team, run_id):
         flare.append({"Name": record["case"], **record["flare22"], "status": record["status"]})
         accurate.append({"Name": record["case"], "status": record["status"], **record["accurate"]})
     tables = (pd.DataFrame(flare, columns=FLARE22_COLUMNS), pd.DataFrame(accurate, columns=ACCURATE_COLUMNS))

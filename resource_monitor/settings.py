@@ -31,7 +31,9 @@ class RunSettings:
     writable_inputs: bool = False
     user: str | None = None  # docker run --user UID:GID; None: the image's own user
     read_only_root: bool = False  # the root file system read-only, a tmpfs /tmp of limits.layer_bytes
-    resume: bool = False
+    resume: bool = False  # finish the run recorded in the team's folder (its run id is kept)
+    fresh: bool = False  # remove the team's earlier results first (without resume or fresh, they refuse the run)
+    run_id: str | None = None  # the id of a new run (the organizer's, shared by its teams); None: a new one
     limits: DiskLimits = field(default_factory=DiskLimits)  # caps while a case runs; outputs: also at collection
     log_tail_lines: int = 50  # the case record keeps the log's last lines ...
     log_tail_bytes: int = 8 << 10  # ... at most this many bytes of them (the whole log is cases/<Case>.log)
