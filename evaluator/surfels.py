@@ -141,13 +141,19 @@ def surfel_normals() -> tuple[np.ndarray, ...]:
 
 
 def surfel_area_table(spacing: tuple[float, float, float]) -> np.ndarray:
-    """(256,) float64: the surface area in mm² that each corner code stands for.
+    """(256,) float64, read-only: the surface area in mm² that each corner code stands for.
 
     ``spacing`` is the voxel size in mm in the same axis order as the array the codes come from.
     A triangle's area vector scales with the cofactors of diag(spacing), as DeepMind's code does:
-    component 0 by s1*s2, component 1 by s0*s2, component 2 by s0*s1.
+    component 0 by s1*s2, component 1 by s0*s2, component 2 by s0*s1. Cached per spacing (a few ms each).
     """
     s0, s1, s2 = (float(s) for s in spacing)
+    return _area_table(s0, s1, s2)
+
+
+@lru_cache(maxsize=32)
+def _area_table(s0: float, s1: float, s2: float) -> np.ndarray:
+    """:func:`surfel_area_table` for spacing (s0, s1, s2) mm, computed once per spacing."""
     areas = np.zeros(256)
     for code, normals in enumerate(surfel_normals()):
         total = 0.0
@@ -155,4 +161,5 @@ def surfel_area_table(spacing: tuple[float, float, float]) -> np.ndarray:
             scaled = np.array([n[0] * s1 * s2, n[1] * s0 * s2, n[2] * s0 * s1])
             total += float(np.linalg.norm(scaled))
         areas[code] = total
+    areas.setflags(write=False)
     return areas

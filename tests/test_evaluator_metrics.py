@@ -17,9 +17,20 @@ from scipy import ndimage
 
 from challenge.labels import BY_SHORT, ORGANS
 from evaluator.metrics import MODES, clean_labels, label_boxes, score_arrays
-from evaluator.surface import extract_surface, surface_dice, surfel_area_table
+from evaluator.surface import (
+    Scratch,
+    corner_codes,
+    extract_surface,
+    grid_size,
+    mask_surface_dice,
+    near_hits,
+    surface_dice,
+    surfel_area_table,
+    voxel_grid,
+)
 from evaluator.surfels import surfel_normals
-from tests.reference_flare22 import reference_scores
+from tests.reference_flare22 import KERNEL, reference_scores, surface_distances
+from tests.reference_flare22 import surface_dice as reference_surface_dice
 
 RAG, RK, AORTA = BY_SHORT["RAG"].id, BY_SHORT["RK"].id, BY_SHORT["Aorta"].id  # tolerances 2, 3 and 2 mm
 
@@ -207,6 +218,69 @@ def test_label_boxes_match_find_objects():
     assert set(boxes) == set(np.unique(labels).tolist()) - {0, 200}
 
 
+def test_label_boxes_ignore_values_above_13():
+    labels = np.zeros((6, 7, 8), np.uint8)
+    labels[1, 2, 3], labels[4, 5, 6], labels[2, 0, 7] = 14, 15, 255  # bits 14, 15 and none inside label_boxes
+    labels[5, 6, 0] = 13
+    boxes = label_boxes(labels)
+    assert set(boxes) == {13} and boxes[13].lo == boxes[13].hi == (5, 6, 0)
+    assert label_boxes(np.zeros((3, 4, 5), np.uint8)) == {}
+
+
+@pytest.mark.parametrize("pad", [(0, 0, 0), (2, 1, 3)])
+def test_corner_codes_equal_the_official_correlation(pad):
+    mask = np.random.default_rng(3).random((7, 9, 8)) < 0.4
+    padded = np.zeros(tuple(n + 1 for n in mask.shape), np.uint8)  # the official padding: one voxel at the end
+    padded[:-1, :-1, :-1] = mask
+    official = ndimage.correlate(padded, KERNEL, mode="constant", cval=0)  # the code of corner c at index c
+    codes = corner_codes(mask, pad)
+    assert codes.shape == tuple(n + 1 + 2 * p for n, p in zip(mask.shape, pad, strict=True))
+    inner = tuple(slice(p, p + n + 1) for p, n in zip(pad, mask.shape, strict=True))
+    assert np.array_equal(codes[inner], official)
+    codes[inner] = 0
+    assert not codes.any()
+
+
+def test_voxel_grid_zeroes_a_reused_buffer():
+    scratch = Scratch()
+    size = grid_size((3, 4, 5), (1, 0, 2))
+    scratch.get(0, size).fill(7)
+    voxels, interior = voxel_grid((3, 4, 5), (1, 0, 2), scratch.get(0, size))
+    assert voxels.shape == (7, 6, 11) and interior.shape == (3, 4, 5) and interior.dtype == bool
+    assert not voxels.any() and np.shares_memory(voxels, scratch.get(0, size // 2))  # one buffer, reused
+
+
+@pytest.mark.parametrize("block", [1, 1 << 16])  # one offset per gather, many per gather
+def test_near_hits_match_brute_force(block, monkeypatch):
+    rng = np.random.default_rng(4)
+    shape = (9, 12, 14)
+    target, source = np.zeros(shape, bool), np.zeros(shape, bool)
+    target[2:7, 2:10, 2:12] = rng.random((5, 8, 10)) < 0.05  # offsets up to 2 from the interior stay inside
+    source[2:7, 2:10, 2:12] = rng.random((5, 8, 10)) < 0.3
+    flat, flags = np.flatnonzero(source), target.reshape(-1)
+    offsets = np.stack(np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+    steps = offsets @ np.array([shape[1] * shape[2], shape[2], 1])
+    expected = flags[flat[:, None] + steps].any(axis=1)
+    hits, missed, tried = near_hits(flat, flags, steps, block)
+    assert tried and np.array_equal(hits, expected) and np.array_equal(missed, np.flatnonzero(~expected))
+    monkeypatch.setattr("evaluator.surface.LOOKUP_FIRST", 3)  # groups of 1 and 2 steps, then the budget is spent
+    hits, missed, tried = near_hits(flat, flags, steps, block, budget=lambda corners: 0)
+    first = flags[flat[:, None] + steps[:3]].any(axis=1)
+    assert not tried and np.array_equal(hits, first) and np.array_equal(missed, np.flatnonzero(~first))
+
+
+def test_mask_surface_dice_matches_reference():
+    rng = np.random.default_rng(6)
+    # the last tolerance holds more offsets than NEAR_OFFSETS: the KD-tree answers for the corners left
+    for spacing, tolerance in (((2.5, 0.8, 0.8), 2.0), ((1.0, 1.3, 0.7), 5.0), ((0.4, 0.5, 0.45), 7.0)):
+        gt = random_labels(rng, (12, 16, 14), organs=1) > 0
+        pred = ndimage.binary_dilation(gt) if rng.random() < 0.5 else np.roll(gt, 1, axis=1)
+        ours = mask_surface_dice(gt, pred, surfel_area_table(spacing), tolerance, spacing, (2, 1, 0))
+        ref = reference_surface_dice(surface_distances(gt.transpose(2, 1, 0), pred.transpose(2, 1, 0),
+                                                       spacing[::-1]), tolerance)
+        assert abs(ours - ref) <= 1e-12, (spacing, tolerance)
+
+
 def test_clean_labels_ignores_values_outside_0_to_13():
     arr = np.array([[[0, 1, 13, 14, 255]]], np.uint8)
     out, n = clean_labels(arr)
@@ -272,3 +346,48 @@ def test_matches_reference_on_random_blobs(seed, shape, spacing, mode, perturb):
                 assert abs(ours.nsd[organ.short] - ref[f"{organ.short}_NSD"]) <= 1e-9
         return
     assert against_reference(gt, pred, spacing, mode) <= 1e-9
+
+
+# --- the benchmark's case types, small ----------------------------------------------------------------------
+
+def local_errors(rng: np.random.Generator, gt: np.ndarray) -> np.ndarray:
+    """Per label a one-voxel erosion, dilation or nothing, then up to 3 cubes on its boundary flipped."""
+    pred = np.zeros_like(gt)
+    for label in np.unique(gt)[1:]:
+        mask = gt == label
+        kind = rng.integers(3)
+        if kind:
+            mask = ndimage.binary_erosion(mask) if kind == 1 else ndimage.binary_dilation(mask)
+        edge = np.argwhere(mask & ~ndimage.binary_erosion(mask))
+        for centre in edge[rng.integers(len(edge), size=3)] if len(edge) else []:
+            mask[tuple(slice(max(int(c) - 1, 0), int(c) + 2) for c in centre)] = rng.random() < 0.5
+        pred[mask & (pred == 0)] = label
+    return pred
+
+
+def case_prediction(kind: str, rng: np.random.Generator, gt: np.ndarray) -> np.ndarray:
+    """A prediction of one of the benchmark's case types for ``gt``, whose corner j >= 14, i >= 12 is empty."""
+    if kind == "empty":
+        return np.zeros_like(gt)
+    pred = local_errors(rng, gt)
+    if kind == "missed":
+        present = np.unique(pred)[1:]
+        pred[np.isin(pred, rng.choice(present, size=min(2, len(present)), replace=False))] = 0
+    if kind == "far":
+        pred[-3:, -4:, -4:] = rng.integers(1, 14)  # at least 12 voxels (9.6 mm) from the GT in j or i
+    return pred
+
+
+@pytest.mark.parametrize("kind", ["local", "missed", "far", "empty"])
+@pytest.mark.parametrize("paths", [{}, {"NEAR_OFFSETS": 0}, {"TREE_LOOKUPS": 0, "LOOKUP_FIRST": 3}],
+                         ids=["default", "tree-only", "tree-after-3"])
+def test_case_types_match_reference(kind, paths, monkeypatch):
+    for name, value in paths.items():
+        monkeypatch.setattr(f"evaluator.surface.{name}", value)
+    rng = np.random.default_rng(21)
+    for _ in range(3):
+        gt = random_labels(rng, (16, 30, 28))
+        gt[:, 14:, 12:] = 0
+        pred = case_prediction(kind, rng, gt)
+        for mode in ("strict", "flare22"):
+            assert against_reference(gt, pred, (2.5, 0.8, 0.8), mode) <= 1e-12, (kind, mode)
