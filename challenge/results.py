@@ -24,11 +24,14 @@ from __future__ import annotations
 import json
 import platform
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from challenge.exitcodes import HostFault
 from challenge.files import atomic_write
 from challenge.teams import check_team
 
@@ -294,6 +297,30 @@ def finish_attempt(attempt: Attempt, status: str, counts: dict[str, int] | None 
     attempt.status = status
     if counts is not None:
         attempt.counts = dict(counts)
+
+
+@contextmanager
+def run_attempt(record: RunRecord, save: Callable[[], object], monitor: str = "") -> Iterator[Attempt]:
+    """One invocation of a run, recorded: the attempt is started and saved, then finished with its status
+    (``complete``; ``interrupted`` on KeyboardInterrupt; ``host-fault`` on HostFault; ``failed`` on anything
+    else, which propagates) and saved again, a failed last save ignored (the disk may be what failed). The
+    body may fill the attempt's ``counts`` and ``host_load``."""
+    attempt = record.start_attempt(monitor=monitor)
+    save()
+    status = "failed"
+    try:
+        yield attempt
+        status = "complete"
+    except HostFault:
+        status = "host-fault"
+        raise
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        finish_attempt(attempt, status)
+        with suppress(OSError):
+            save()
 
 
 def relative_to_results(path: Path, results: Path) -> str:

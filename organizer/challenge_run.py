@@ -17,7 +17,6 @@ is derived: it is removed at the start of every invocation and written again at 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import time
@@ -27,10 +26,10 @@ from pathlib import Path
 from challenge.results import (
     RunRecord,
     TeamDir,
-    finish_attempt,
     new_run_id,
     read_run,
     read_team_status,
+    run_attempt,
     team_dir,
     write_team_status,
 )
@@ -150,23 +149,8 @@ def run_challenge(settings: ChallengeSettings, docker_client=None, record: RunRe
     record = record or prepare(settings)
     shutil.rmtree(settings.leaderboard_dir, ignore_errors=True)  # derived: never left stale
     settings.results.mkdir(parents=True, exist_ok=True)
-    attempt = record.start_attempt(monitor=monitor_identity())
-    record.save(settings.record_dir)
-    status = "failed"
-    try:
-        published = _run_all(settings, record, docker_client)
-        status = "complete"
-        return published
-    except HostFault:
-        status = "host-fault"
-        raise
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        finish_attempt(attempt, status)
-        with contextlib.suppress(OSError):  # the disk may be what failed
-            record.save(settings.record_dir)
+    with run_attempt(record, lambda: record.save(settings.record_dir), monitor=monitor_identity()):
+        return _run_all(settings, record, docker_client)
 
 
 def _run_all(settings: ChallengeSettings, record: RunRecord, docker_client) -> Published:

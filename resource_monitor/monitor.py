@@ -33,11 +33,11 @@ from challenge.files import atomic_write_text
 from challenge.results import (
     RunRecord,
     TeamDir,
-    finish_attempt,
     finished_cases,
     holds_a_run,
     new_run_id,
     read_run,
+    run_attempt,
     write_json,
 )
 from resource_monitor.archive import load_archive
@@ -321,31 +321,22 @@ def run_team(settings: RunSettings, docker_client=None) -> TeamRun:
     runner, record.image, client = _runner(settings, record.run_id, docker_client)
     remove_dead_folders()
     record.host = fingerprint(gpu, client)
-    attempt = record.start_attempt(monitor=monitor_identity())
     result = TeamRun(team, record.run_id)
-    watchdog = Watchdog.start()
-    status = "failed"
-    try:
+    team.path.mkdir(parents=True, exist_ok=True)
+    with run_attempt(record, lambda: record.save(team), monitor=monitor_identity()) as attempt:
+        watchdog = Watchdog.start()
         try:
-            team.path.mkdir(parents=True, exist_ok=True)
-            record.save(team)
-            write_efficiency_tables(team, record.run_id)  # a resumed run starts from its finished records
-            _run_cases(cases, runner, settings, gpu, record.run_id, watchdog, result)
-        except OSError as err:
-            raise _results_fault(err, team) from None
-        status = "complete"
-    except HostFault:
-        status = "host-fault"
-        raise
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        watchdog.close(clean=status != "host-fault")
-        finish_attempt(attempt, status, result.counts)
-        attempt.host_load = host_load(result.other_cores, result.load1)
-        with contextlib.suppress(OSError):  # the disk may be what failed
-            record.save(team)
+            try:
+                write_efficiency_tables(team, record.run_id)  # a resumed run starts from its finished records
+                _run_cases(cases, runner, settings, gpu, record.run_id, watchdog, result)
+            except OSError as err:  # the results disk's, or the engine's (requests' errors are OSErrors)
+                raise _results_fault(err, team) from None
+        except HostFault:
+            watchdog.close(clean=False)  # what is still running is the watchdog's to stop
+            raise
+        finally:
+            watchdog.close()
+            attempt.counts, attempt.host_load = dict(result.counts), host_load(result.other_cores, result.load1)
     return result
 
 

@@ -69,6 +69,7 @@ class Watchdog:
         self.process = process
         assert process.stdin is not None
         self._pipe: IO[str] = process.stdin
+        self._closed = False
 
     @classmethod
     def start(cls) -> Watchdog:
@@ -99,7 +100,11 @@ class Watchdog:
         self._send(f"done {ident}")
 
     def close(self, clean: bool = True) -> None:
-        """``clean``: the monitor is exiting normally and nothing of its run is left running."""
+        """``clean``: the monitor is exiting normally and nothing of its run is left running. Only the first
+        call counts."""
+        if self._closed:
+            return
+        self._closed = True
         if clean:
             self._send("bye")
         with contextlib.suppress(OSError):
