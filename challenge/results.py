@@ -246,6 +246,7 @@ class Attempt:
     monitor: str = ""  # "pid:start-time" of the process that ran it
     host_load: dict | None = None  # the host's load while it ran
     counts: dict[str, int] = field(default_factory=dict)  # status kind -> cases run in this attempt
+    moves: list[dict] = field(default_factory=list)  # on a cluster: {"from", "to", "finished", "reason"}
 
 
 @dataclass
@@ -262,6 +263,7 @@ class RunRecord:
     command: str | None = None
     host: dict = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
+    calibration: dict | None = None  # on a cluster: per worker, its calibration run (the organizer's record)
     schema: int = RUN_SCHEMA
 
     def start_attempt(self, monitor: str = "", worker: str | None = None) -> Attempt:

@@ -22,6 +22,7 @@ from challenge.cli import (
     require_folder,
     run_command,
 )
+from challenge.cluster import ClusterError, add_cluster_options, cluster_spec, dask_client
 from challenge.exitcodes import for_failures
 
 _workers = bounded(int, low=1)
@@ -38,6 +39,11 @@ Every GT case gets a row: a missing prediction is `missing`, an unreadable or wr
 Exit codes: 0 every case scored ok, 1 some case missing, invalid or in error (the files are written all
 the same), 2 bad arguments, 3 a host fault, 130 interrupted (docs/cli.md).
 
+Where: by default a process pool on this host (--workers); with --cluster local:N a Dask LocalCluster of N
+worker processes, with --scheduler ADDRESS the workers of an existing Dask scheduler. Only the paths travel:
+the workers read GT_DIR and PRED_DIR themselves, so they must see them at the same paths (a shared file
+system). The numbers are the same bit for bit wherever they are computed (docs/scale.md).
+
 Modes:
   flare22  the official FLARE22 numbers (default): aorta, IVC and esophagus cut to GT slices
            [min, max) as the official code does; header mismatches and values outside 0..13
@@ -47,6 +53,7 @@ Modes:
 Examples:
   python -m evaluator score --gt data/labels --pred results/team/outputs --out results/team
   python -m evaluator score --gt data/labels --pred preds --out scores --mode strict --workers 2
+  python -m evaluator score --gt /shared/labels --pred /shared/preds --out scores --scheduler tcp://head:8786
 """
 
 
@@ -59,6 +66,7 @@ def _add_score(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pred", required=True, type=Path, metavar="PRED_DIR", help="folder of <Case>.nii.gz predictions")
     add_out(p, help="where metrics.csv and summary.json go")
     add_scoring_options(p)
+    add_cluster_options(p)
     add_verbosity(p)
     p.set_defaults(run=_run_score, parser=p)
 
@@ -85,10 +93,14 @@ def _run_score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     problem = _writable(args.out)
     if problem:
         parser.error(problem)
+    spec = cluster_spec(args)
     try:
-        table = score_folder(args.gt, args.pred, args.out, mode=args.mode, workers=args.workers,
-                             progress=not args.quiet, max_voxels=args.max_voxels)
-    except (FileNotFoundError, ValueError) as err:
+        with dask_client(spec) as client:
+            if client is not None:
+                log.info("scoring on %s", spec.describe())
+            table = score_folder(args.gt, args.pred, args.out, mode=args.mode, workers=args.workers,
+                                 progress=not args.quiet, max_voxels=args.max_voxels, client=client)
+    except (FileNotFoundError, ValueError, ClusterError) as err:
         parser.error(str(err))
     kinds = table["status"].map(status_kind)
     counts = kinds.value_counts().to_dict()
@@ -110,6 +122,9 @@ rank), and a team's score is the mean over cases of (r_DSC + r_NSD + r_Time + 0.
 A case that did not run ok, or whose prediction is missing or invalid, takes the official worst values.
 Also: bootstrap rank stability with Kendall's tau, and pairwise one-sided Wilcoxon tests (Holm).
 
+Unscored teams are scored on this host's process pool (--workers), or with --cluster local:N / --scheduler
+ADDRESS on a Dask cluster whose workers see LABELS_DIR and RESULTS_DIR at the same paths.
+
 Writes LEADERBOARD_DIR/leaderboard.csv, leaderboard.json, case_ranks.csv, bootstrap_ranks.csv,
 pairwise.csv and a self-contained index.html.
 
@@ -130,6 +145,7 @@ def _add_rank(subparsers: argparse._SubParsersAction) -> None:
     add_labels(p)
     add_out(p, help="where the leaderboard and its report go")
     add_scoring_options(p)
+    add_cluster_options(p)
     add_ranking_options(p)
     add_verbosity(p)
     p.rename("--gt", "--labels")
@@ -144,7 +160,8 @@ def add_scoring_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("scoring")
     g.add_argument("--mode", choices=tuple(MODES), default="flare22", help="flare22 (default) or strict")
     g.add_argument("--workers", type=_workers, default=os.cpu_count() or 1,
-                   help="parallel scoring processes (default: the number of cores)")
+                   help="parallel scoring processes on this host (default: the number of cores); ignored with "
+                        "--scheduler or --cluster, where the cluster's workers score")
     g.add_argument("--max-voxels", type=bounded(int, low=1), default=MAX_VOXELS, metavar="N",
                    help=f"the most voxels a GT label map may declare (default {MAX_VOXELS:,} = 512 x 512 x 2048); "
                         "predictions are bounded by their GT's shape")
@@ -176,8 +193,9 @@ def _run_rank(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(problem)
     settings = LeaderboardSettings(args.mode, args.workers, ranking_settings(args), args.max_voxels, args.title)
     try:
-        published = rank_results(args.results, args.labels, args.out, settings)
-    except ValueError as err:
+        with dask_client(cluster_spec(args)) as client:
+            published = rank_results(args.results, args.labels, args.out, settings, client=client)
+    except (ValueError, ClusterError) as err:
         parser.error(str(err))
     for line in published.penalised:
         log.warning("penalised: %s", line)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from challenge.cases import list_labels
 from challenge.nifti import MAX_VOXELS, read_header
@@ -47,10 +48,11 @@ class Published:
         return [f"{team}/{case}: {reason}" for team, case, reason in zip(teams, cases, hit["penalised"], strict=True)]
 
 
-def load_team(team: TeamDir, gt_dir: Path,
-              settings: LeaderboardSettings) -> tuple[TeamResults, Curves, RunRecord | None]:
+def load_team(team: TeamDir, gt_dir: Path, settings: LeaderboardSettings,
+              client: Any = None) -> tuple[TeamResults, Curves, RunRecord | None]:
     """One team's tables, its curves and its run record (None if there is none or it cannot be read); scores
-    its outputs if metrics.csv is missing.
+    its outputs if metrics.csv is missing, on the Dask cluster of ``client`` when one is given
+    (:func:`evaluator.scoring.score_folder`).
 
     A team folder whose files cannot be read is ranked last with the reason as its note, never dropped."""
     from evaluator.scoring import score_folder
@@ -62,7 +64,7 @@ def load_team(team: TeamDir, gt_dir: Path,
         if metrics is None and team.outputs.is_dir():
             log.info("scoring %s", team.team)
             score_folder(gt_dir, team.outputs, team.path, mode=settings.mode, workers=settings.workers,
-                         progress=False, max_voxels=settings.max_voxels)
+                         progress=False, max_voxels=settings.max_voxels, client=client)
             metrics = read_table(team.metrics_csv)
     except (ValueError, KeyError, UnicodeDecodeError) as err:  # pandas' and json's parse errors are ValueErrors
         return TeamResults(team.team, None, None, f"unreadable results: {_one_line(err)}"), {}, None
@@ -103,13 +105,17 @@ def skipped_folders(results_dir: Path) -> dict[str, str]:
 
 
 def rank_results(results_dir: Path, gt_dir: Path, out_dir: Path, settings: LeaderboardSettings | None = None,
-                 not_ranked: dict[str, str] | None = None) -> Published:
+                 not_ranked: dict[str, str] | None = None, client: Any = None,
+                 calibration: dict | None = None) -> Published:
     """Rank every team in ``results_dir`` on the GT cases of ``gt_dir``; write the leaderboard and its
     report into ``out_dir``.
 
     ``not_ranked``: name -> reason of what the caller could not turn into a team (e.g. an archive whose
     name is no valid team name); it is reported with the folders of ``results_dir`` that are not teams.
-    Raises ValueError if there is no GT case or no team.
+    ``client``: a ``distributed.Client`` that scores the unscored teams on its cluster (the workers must see
+    ``gt_dir`` and ``results_dir`` at the same paths); None: the local process pool of ``settings.workers``.
+    ``calibration``: the cluster's worker calibration (organizer.cluster_run), shown in the report.
+    Raises ValueError if there is no GT case or no team; ClusterError when the cluster's workers cannot score.
     """
     settings = settings or LeaderboardSettings()
     cases = check_ground_truth(gt_dir, settings.max_voxels)
@@ -121,7 +127,7 @@ def rank_results(results_dir: Path, gt_dir: Path, out_dir: Path, settings: Leade
         log.warning("%s: not ranked: %s", name, reason)
     teams, curves, files, metrics = [], {}, {}, {}
     for team_dir in team_dirs:
-        team, team_curves, run = load_team(team_dir, gt_dir, settings)
+        team, team_curves, run = load_team(team_dir, gt_dir, settings, client)
         teams.append(team)
         curves[team.team], files[team.team] = team_curves, team_files(team_dir, team, run, cases)
         if team.metrics is not None:
@@ -130,6 +136,6 @@ def rank_results(results_dir: Path, gt_dir: Path, out_dir: Path, settings: Leade
     report_settings = {"title": settings.title, "ranking": vars(ranking.settings), "evaluator_mode": settings.mode,
                        "gt_dir": gt_dir.name, "results_dir": results_dir.name, "cases": len(cases),
                        "monitor_runs": {t: f.run.settings if f.run is not None else {} for t, f in files.items()},
-                       "not_ranked": skipped}
+                       "not_ranked": skipped, "calibration": calibration}
     index = write_leaderboard(ranking, out_dir, metrics, curves, report_settings, files)
     return Published(index, ranking)

@@ -128,6 +128,8 @@ def _render(data: ReportData, now: datetime | None) -> str:
         ("stability", "Rank stability", stability_section(data, colours)),
         ("significance", "Pairwise significance", significance_section(data)),
         ("teams", "Teams", teams_section(data, facts)),
+        *([("workers", "Workers", workers_section(data.settings["calibration"]))]
+          if data.settings.get("calibration") else []),
         ("settings", "Settings", settings_section(data)),
     ]
     body = "\n".join(f'<section id="{sid}"><h2>{html.escape(title)}</h2>\n{content}\n</section>'
@@ -391,13 +393,39 @@ def _busy_line(busy: BusyAttempt) -> str:
             f"{num(busy.other_cores_max, '{:.2f}')}); 1-minute load average up to {num(busy.load1_max, '{:.2f}')}")
 
 
+def workers_section(calibration: dict) -> str:
+    """The cluster's workers and their calibration: the same fixed CPU load on each, one at a time."""
+    workers = calibration["workers"]
+    mode = next(iter(workers.values()))["mode"] if workers else "-"
+    rows = "".join(
+        f'<tr><td class="text">{esc(name)}</td><td class="text">{esc(row["host"])}</td>'
+        f'<td>{row["seconds"]:.2f}</td><td>{100 * row["deviation"]:+.1f} %</td>'
+        f'<td class="text">{"<b>off the median</b>" if row["flagged"] else "ok"}</td></tr>'
+        for name, row in sorted(workers.items()))
+    intro = (f"Before the teams, every worker ran the same fixed CPU load ({esc(mode)} mode), one worker at a "
+             f"time; a worker more than {100 * calibration['tolerance']:.0f} % off the median "
+             f"({calibration['median_s']:.2f} s) is flagged. Each team's section names the worker and host it "
+             "ran on.")
+    return (f"<p>{intro}</p><table><thead><tr><th>worker</th><th>host</th><th>time (s)</th>"
+            f"<th>off the median</th><th>calibration</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+def _where(attempt) -> str:
+    """`` on host H, worker W`` and the moves of an attempt on a cluster ("" on one host)."""
+    if not attempt.worker:
+        return ""
+    moves = "".join(f"; moved from worker {esc(m['from'])} after {m['finished']} case(s): {esc(m['reason'])}"
+                    for m in attempt.moves)
+    return f" on host {esc(attempt.host)}, worker {esc(attempt.worker)}{moves}"
+
+
 def _run_line(files: TeamFiles) -> str:
     run = files.run
     if run is None:
         return '<p class="note">No run record.</p>'
     what = (f"image {esc((run.image or {}).get('tag', ''))}; " if run.image else
             f"command <code>{esc(run.command)}</code>; " if run.command else "")
-    attempts = ", ".join(f"{esc(a.status)} (started {esc(_when(a.started_utc))})" for a in run.attempts)
+    attempts = ", ".join(f"{esc(a.status)} (started {esc(_when(a.started_utc))}{_where(a)})" for a in run.attempts)
     return f'<p class="note">Run: {what}{len(run.attempts)} attempt(s): {attempts}.</p>'
 
 

@@ -6,6 +6,13 @@ case gets a row, whatever happened to its prediction. ``status`` is one of ``ok`
 ``missing``, ``invalid: ...`` (a missing or invalid prediction scores 0 for every organ in the GT and 1
 for every organ absent from it) or ``error: ...`` (the evaluator itself failed on that case; values NaN).
 Values are kept at full precision; round only for display.
+
+Where the cases are scored: this process (``workers=1``), a local process pool (the default), or the
+workers of a Dask cluster (``client=``, a ``distributed.Client``). The results are the same bit for bit
+either way: every engine runs the same :func:`score_case` on the same files. Only the two *paths* of a case
+travel through Dask, never the ground truth or a prediction: each worker reads the files itself, so the
+workers must see the folders at the same (absolute) paths as this process: a LocalCluster, or a shared file
+system mounted alike on every host.
 """
 
 from __future__ import annotations
@@ -16,15 +23,18 @@ import os
 import platform
 import sys
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from challenge.cases import case_from_label, label_name, list_labels
+from challenge.cluster import CONNECT_TIMEOUT_S, ClusterError
+from challenge.exitcodes import HostFault
 from challenge.files import atomic_write
 from challenge.labels import ORGANS, metric_columns
 from challenge.nifti import MAX_VOXELS, Geometry, LabelIssues, NiftiError, read_header, read_labels
@@ -163,13 +173,26 @@ class FolderSettings:
 
 
 def score_folder(gt_dir: str | Path, pred_dir: str | Path, out_dir: str | Path, mode: str = "flare22",
-                 workers: int | None = None, progress: bool = True, max_voxels: int = MAX_VOXELS) -> pd.DataFrame:
+                 workers: int | None = None, progress: bool = True, max_voxels: int = MAX_VOXELS, *,
+                 client: Any = None, scorer: Callable[..., CaseScore] = score_case) -> pd.DataFrame:
     """Score every GT case in ``gt_dir`` against ``pred_dir``; write metrics.csv and summary.json to ``out_dir``.
 
     Returns the metrics table (one row per GT case, sorted by case id). Raises ValueError for a mode
     that does not exist, FileNotFoundError when a folder is missing or ``gt_dir`` holds no case, and
     NiftiError (a ValueError, one line naming the file) when a GT header is unreadable or declares more than
     ``max_voxels`` voxels: every GT header is checked before anything is scored or written.
+
+    ``client``: a ``distributed.Client``: the cases are mapped over the cluster's workers (one KD-tree thread
+    each) instead of ``workers`` local processes (then ignored). Only the two paths of each case are sent,
+    never the data: the workers read the files at the same absolute paths, so they must see both folders
+    there (a LocalCluster, or a shared file system). Before anything is scored, every connected worker is
+    asked whether it sees both folders and runs the same evaluator and library versions: ClusterError (one
+    line) if not, or if no worker joins within 10 s. A case whose task fails, or whose worker dies (Dask's
+    KilledWorker after the scheduler's retries), becomes that case's ``error`` row and the others are still
+    scored; a case lost with a dying worker is first scored once more on its own, so that a case that only
+    shared a worker with the culprit is not failed with it. HostFault when the scheduler goes away.
+
+    ``scorer``: the function run per case, :func:`score_case`'s signature (tests inject one that fails).
     """
     settings = FolderSettings(mode, workers or os.cpu_count() or 1, progress, max_voxels)
     if mode not in MODES:
@@ -183,7 +206,11 @@ def score_folder(gt_dir: str | Path, pred_dir: str | Path, out_dir: str | Path, 
         raise FileNotFoundError(f"--gt {gt_dir}: no <Case>.nii.gz label maps in it")
     for gt in cases.values():
         read_header(gt, max_voxels)  # GT problems are bad input: found before scoring
-    results = _run(cases, pred_dir, settings)
+    if client is not None:
+        gt_dir, pred_dir = gt_dir.absolute(), pred_dir.absolute()  # the workers' working folder is not ours
+        cases = {name: gt_dir / path.name for name, path in cases.items()}
+        check_workers(client, gt_dir, pred_dir)
+    results = _run(cases, pred_dir, settings, client, scorer)
     table = pd.DataFrame([r.row() for r in results])
     extra = _extra_files(cases, pred_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -193,18 +220,21 @@ def score_folder(gt_dir: str | Path, pred_dir: str | Path, out_dir: str | Path, 
     return table
 
 
-def _run(cases: dict[str, Path], pred_dir: Path, settings: FolderSettings) -> list[CaseScore]:
+def _run(cases: dict[str, Path], pred_dir: Path, settings: FolderSettings, client: Any = None,
+         scorer: Callable[..., CaseScore] = score_case) -> list[CaseScore]:
     jobs = {name: (gt, pred_dir / label_name(name)) for name, gt in cases.items()}
     bar = tqdm(total=len(jobs), desc="scoring", unit="case", file=sys.stderr,
                disable=not settings.progress or len(jobs) < PROGRESS_MIN_CASES)
     results: dict[str, CaseScore] = {}
-    if settings.workers <= 1 or len(jobs) == 1:
+    if client is not None:
+        results = _run_on_cluster(client, jobs, settings, scorer, bar.update)
+    elif settings.workers <= 1 or len(jobs) == 1:
         for name, (gt, pred) in jobs.items():
-            results[name] = _guarded(name, score_case, gt, pred, settings.mode, -1, max_voxels=settings.max_voxels)
+            results[name] = _guarded(name, scorer, gt, pred, settings.mode, -1, max_voxels=settings.max_voxels)
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=min(settings.workers, len(jobs))) as pool:
-            futures = {pool.submit(score_case, gt, pred, settings.mode, 1, max_voxels=settings.max_voxels): name
+            futures = {pool.submit(scorer, gt, pred, settings.mode, 1, max_voxels=settings.max_voxels): name
                        for name, (gt, pred) in jobs.items()}
             for future in as_completed(futures):
                 name = futures[future]
@@ -214,12 +244,103 @@ def _run(cases: dict[str, Path], pred_dir: Path, settings: FolderSettings) -> li
     return [results[name] for name in sorted(results)]
 
 
+# --- on a Dask cluster ---------------------------------------------------------------------------------------------
+
+def worker_view(gt_dir: str, pred_dir: str) -> dict:
+    """What a Dask worker sees: whether both folders exist at these paths, and its library versions."""
+    return {"gt": os.path.isdir(gt_dir), "pred": os.path.isdir(pred_dir), "versions": versions()}
+
+
+def check_workers(client: Any, gt_dir: Path, pred_dir: Path) -> None:
+    """ClusterError (one line) unless a worker joins within 10 s and every connected worker sees both folders
+    at these paths and runs the evaluator and libraries of this process (a worker on other versions could give
+    other numbers). A worker that joins later is not asked."""
+    try:
+        client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+        views = client.run(worker_view, str(gt_dir), str(pred_dir))
+    except Exception as err:  # noqa: BLE001  (a timeout, or workers that cannot import the evaluator)
+        raise ClusterError(f"the Dask workers cannot score: {_reason(err)[:200]}") from None
+    ours = versions()
+    for address, view in sorted(views.items()):
+        for key, folder, what in (("gt", gt_dir, "--gt"), ("pred", pred_dir, "--pred")):
+            if not view[key]:
+                raise ClusterError(f"Dask worker {address} does not see {what} {folder}: the workers must see the "
+                                   "folders at the same paths (a shared file system)")
+        differ = [f"{k} {v} (here {ours.get(k)})" for k, v in sorted(view["versions"].items())
+                  if ours.get(k) != v and k != "python"]
+        if differ:
+            raise ClusterError(f"Dask worker {address} runs other versions: {', '.join(differ)}")
+
+
+def _run_on_cluster(client: Any, jobs: dict[str, tuple[Path, Path]], settings: FolderSettings,
+                    scorer: Callable[..., CaseScore], done: Callable[[], object]) -> dict[str, CaseScore]:
+    """Map ``scorer`` over the cluster, gathering the results as they complete. A case lost with a dying worker
+    is scored once more alone (Dask counts a death against every task the worker held, queued ones too)."""
+    from distributed import as_completed as completed
+
+    names = list(jobs)
+    futures = client.map(scorer, [str(jobs[n][0]) for n in names], [str(jobs[n][1]) for n in names],
+                         mode=settings.mode, threads=1, max_voxels=settings.max_voxels, pure=False)
+    by_key = {future.key: name for future, name in zip(futures, names, strict=True)}
+    results: dict[str, CaseScore] = {}
+    lost: list[str] = []
+    try:
+        for future in completed(futures):
+            name = by_key[future.key]
+            result = _collected(client, name, future, retry_lost=True)
+            if result is None:
+                log.warning("%s: lost with its Dask worker; scoring it once more on its own", name)
+                lost.append(name)
+                continue
+            results[name] = result
+            done()
+        for name in sorted(lost):
+            future = client.submit(scorer, str(jobs[name][0]), str(jobs[name][1]), mode=settings.mode, threads=1,
+                                   max_voxels=settings.max_voxels, pure=False)
+            futures.append(future)
+            results[name] = _collected(client, name, future, retry_lost=False) or _error_result(name, "lost")
+            done()
+    finally:
+        unfinished = [f for f in futures if not f.done()]
+        if unfinished and client.status == "running":
+            client.cancel(unfinished)
+    return results
+
+
+def _collected(client: Any, name: str, future: Any, retry_lost: bool) -> CaseScore | None:
+    """The case's result, its ``error`` row, or None for a case lost with its worker when ``retry_lost``.
+    HostFault when the scheduler went away."""
+    from distributed import KilledWorker
+
+    try:
+        return future.result()
+    except KilledWorker as err:
+        if retry_lost:
+            return None
+        failures = getattr(err, "allowed_failures", None)
+        tries = f" on {failures + 1} workers" if isinstance(failures, int) else ""
+        reason = f"the Dask worker died each time it scored this case (KilledWorker: tried alone{tries} after the " \
+                 "first round)"
+    except CancelledError as err:
+        if client.status != "running" or getattr(err, "reason", "") == "scheduler-connection-lost":
+            raise HostFault(f"the Dask scheduler went away while scoring ({_reason(err)[:150]})") from None
+        reason = f"cancelled on the Dask cluster ({_reason(err)[:150]})"
+    except Exception as err:  # noqa: BLE001  (one bad case never stops the others)
+        reason = _reason(err)
+    log.error("%s: %s", name, reason)
+    return _error_result(name, reason)
+
+
+def _reason(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def _guarded(name: str, call: Callable, *args, **kwargs) -> CaseScore:
     """Run one case; an unexpected failure becomes that case's ``error`` row instead of stopping the run."""
     try:
         return call(*args, **kwargs)
     except Exception as err:  # noqa: BLE001  (one bad case never stops the others)
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = _reason(err)
         log.error("%s: %s", name, reason)
         return _error_result(name, reason)
 

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from challenge.cluster import ClusterSpec, dask_client
 from challenge.results import (
     RunRecord,
     TeamDir,
@@ -35,6 +36,15 @@ from challenge.results import (
 )
 from challenge.teams import ARCHIVE_SUFFIXES, TeamNameError, team_from_archive
 from evaluator.leaderboard import LeaderboardSettings, Published, rank_results
+from organizer.cluster_run import (
+    DEFAULT_TOLERANCE,
+    calibrate_workers,
+    finish_team,
+    gpu_workers,
+    run_teams,
+    start_team,
+    team_jobs,
+)
 from resource_monitor.archive import already_loaded, read_manifest
 from resource_monitor.monitor import HostFault, MonitorError, load_archive, run_team
 from resource_monitor.runners import monitor_identity
@@ -54,6 +64,10 @@ class ChallengeSettings:
     leaderboard: LeaderboardSettings = field(default_factory=LeaderboardSettings)
     resume: bool = False  # finish the run in ``out``
     fresh: bool = False  # empty ``out``'s earlier run first
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)  # where the teams run (default: this host)
+    strict_hosts: bool = False  # on a cluster: no team on a worker whose calibration is off
+    tolerance: float = DEFAULT_TOLERANCE  # on a cluster: the calibration's allowed deviation from the median
+    calibration_image: str = "flare-base:bookworm"  # on a cluster with archives: the calibration's image
 
     @property
     def results(self) -> Path:
@@ -82,9 +96,6 @@ def prepare(settings: ChallengeSettings) -> RunRecord:
     earlier = previous is not None or settings.results.exists()
     if earlier and not settings.fresh and not settings.resume:
         raise ValueError(f"--out {settings.out} holds an earlier run: --resume to finish it, or --fresh to start over")
-    if settings.fresh:
-        for folder in (settings.results, settings.leaderboard_dir):
-            shutil.rmtree(folder, ignore_errors=True)
     snapshot = {"images": settings.images.name, "labels": settings.labels.name,
                 "teams": settings.teams.name if settings.teams else None, "local": sorted(settings.local)}
     return RunRecord(run_id=new_run_id(), team="", cases=[], settings=snapshot)
@@ -147,17 +158,37 @@ def run_challenge(settings: ChallengeSettings, docker_client=None, record: RunRe
     :func:`prepare` returned (called here when None: ValueError for an output folder holding an earlier run
     without ``resume`` or ``fresh``)."""
     record = record or prepare(settings)
-    shutil.rmtree(settings.leaderboard_dir, ignore_errors=True)  # derived: never left stale
-    settings.results.mkdir(parents=True, exist_ok=True)
-    with run_attempt(record, lambda: record.save(settings.record_dir), monitor=monitor_identity()):
-        return _run_all(settings, record, docker_client)
+    with dask_client(settings.cluster) as client:  # a scheduler that does not answer: before anything is written
+        if settings.fresh and not settings.resume:
+            shutil.rmtree(settings.results, ignore_errors=True)
+        shutil.rmtree(settings.leaderboard_dir, ignore_errors=True)  # derived: never left stale
+        settings.results.mkdir(parents=True, exist_ok=True)
+        with run_attempt(record, lambda: record.save(settings.record_dir), monitor=monitor_identity()):
+            return _run_all(settings, record, docker_client, client)
 
 
-def _run_all(settings: ChallengeSettings, record: RunRecord, docker_client) -> Published:
+def _run_all(settings: ChallengeSettings, record: RunRecord, docker_client, client=None) -> Published:
     template = settings.monitor or RunSettings(inputs=settings.images, results=settings.results, team="")
     template = replace(template, inputs=settings.images, results=settings.results, resume=settings.resume,
                        fresh=False, run_id=record.run_id)
     archives = find_archives(settings.teams) if settings.teams else []
+    if client is not None:
+        not_ranked = _run_on_cluster(settings, record, client, template, archives)
+    else:
+        not_ranked = _run_here(settings, template, archives, docker_client)
+    print("== scoring and ranking", flush=True)
+    # On a LocalCluster the workers see the organizer's folders: they score too. A remote cluster's workers
+    # do not, and the ground truth never leaves the organizer: scoring stays here.
+    scorer = client if settings.cluster.local else None
+    published = rank_results(settings.results, settings.labels, settings.leaderboard_dir, settings.leaderboard,
+                             not_ranked, client=scorer, calibration=record.calibration)
+    print(summary_table(published), flush=True)
+    return published
+
+
+def _run_here(settings: ChallengeSettings, template: RunSettings, archives: list[Path], docker_client
+              ) -> dict[str, str]:
+    """Every team on this host, one after the other; returns the archives that name no team."""
     if archives and docker_client is None:
         import docker
 
@@ -169,11 +200,44 @@ def _run_all(settings: ChallengeSettings, record: RunRecord, docker_client) -> P
             not_ranked[archive.name] = reason
     for n, (name, command) in enumerate(settings.local.items(), len(archives) + 1):
         _run_local(name, command, template, f"team {n}/{total}")
-    print("== scoring and ranking", flush=True)
-    published = rank_results(settings.results, settings.labels, settings.leaderboard_dir, settings.leaderboard,
-                             not_ranked)
-    print(summary_table(published), flush=True)
-    return published
+    return not_ranked
+
+
+def _run_on_cluster(settings: ChallengeSettings, record: RunRecord, client, template: RunSettings,
+                    archives: list[Path]) -> dict[str, str]:
+    """Every team on the cluster's GPU workers (organizer.cluster_run), after calibrating them."""
+    allowed = set(gpu_workers(client))
+    if not allowed:
+        raise HostFault("no worker of the cluster declares a GPU resource (dask worker ... --resources GPU=1)")
+    record.calibration = calibrate_workers(client, settings.calibration_image if archives else None,
+                                           settings.tolerance)
+    record.save(settings.record_dir)
+    flagged = {row["address"]: name for name, row in record.calibration["workers"].items() if row["flagged"]}
+    for name in flagged.values():
+        print(f"== calibration: worker {name} is more than {settings.tolerance:.0%} off the median"
+              + ("; --strict-hosts: it gets no team" if settings.strict_hosts else ""), flush=True)
+    if settings.strict_hosts:
+        allowed -= set(flagged)
+        if not allowed:
+            raise HostFault("every worker is off the median calibration (--strict-hosts)")
+    jobs, not_ranked = team_jobs(archives, settings.local, template, client, allowed)
+    if settings.resume:
+        jobs = [job for job in jobs if not read_team_status(job.settings.team_dir)]
+    records = {job.name: start_team(job, record.run_id) for job in jobs}
+    status = "failed"
+    try:
+        run_teams(client, jobs, settings.images, record.run_id, allowed)
+        status = "complete"
+    except HostFault:
+        status = "host-fault"
+        raise
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        for job in jobs:
+            finish_team(job, records[job.name], status)
+    return not_ranked
 
 
 def summary_table(published: Published) -> str:

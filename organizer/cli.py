@@ -14,10 +14,12 @@ from challenge.cli import (
     add_labels,
     add_out,
     add_verbosity,
+    bounded,
     configure_logging,
     require_folder,
     run_command,
 )
+from challenge.cluster import ClusterError, add_cluster_options, cluster_spec
 from challenge.exitcodes import ExitCode, for_failures
 from challenge.teams import TeamNameError, check_team
 
@@ -31,6 +33,9 @@ and writes OUT_DIR/results/<team>/... and OUT_DIR/leaderboard/index.html. A team
 load or crashes on every case is ranked last with its status; the run goes on.
 
 Without Docker, --local NAME=COMMAND runs a host command per case instead ({inputs}, {outputs}).
+
+On a cluster: --scheduler ADDRESS or --cluster local:N runs the teams on the cluster's GPU workers, after
+a calibration of every worker (docs/scale.md).
 
 Rerunning: --resume finishes the run in OUT_DIR (its finished cases are kept; an archive whose image the
 engine holds already is not loaded again); --fresh starts over; without either, an OUT_DIR holding a run
@@ -81,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(p)
     add_scoring_options(p)
     add_ranking_options(p)
+    add_cluster_options(p)
+    c = p.add_argument_group("on a cluster (docs/scale.md)")
+    c.add_argument("--calibration-tolerance", type=bounded(float, low=0, strict_low=True), default=0.10,
+                   metavar="FRACTION", help="flag a worker whose calibration time is this far off the median "
+                                            "(default 0.10)")
+    c.add_argument("--strict-hosts", action="store_true", help="give no team to a flagged worker")
+    c.add_argument("--calibration-image", default="flare-base:bookworm", metavar="IMAGE",
+                   help="the image whose python3 runs the calibration load on every worker's engine "
+                        "(default flare-base:bookworm; with only --local teams, a host process)")
     add_verbosity(p)
     p.rename("--gt", "--labels")
     _add_check(sub)
@@ -212,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                                  local=dict(args.local), monitor=monitor,
                                  leaderboard=LeaderboardSettings(args.mode, args.workers, ranking_settings(args),
                                                                  args.max_voxels, args.title),
-                                 resume=args.resume, fresh=args.fresh)
+                                 resume=args.resume, fresh=args.fresh, cluster=cluster_spec(args),
+                                 strict_hosts=args.strict_hosts, tolerance=args.calibration_tolerance,
+                                 calibration_image=args.calibration_image)
     try:
         record = prepare(settings)
     except ValueError as err:
@@ -223,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(settings, record) -> int:
     from organizer.challenge_run import run_challenge
 
-    published = run_challenge(settings, record=record)
+    try:
+        published = run_challenge(settings, record=record)
+    except ClusterError as err:
+        print(f"flare-challenge: error: {err}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
     for line in published.penalised:
         log.warning("penalised: %s", line)
     print(f"leaderboard: {published.index}")
