@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -40,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import metrics_bench  # noqa: E402
 from metrics_bench import prediction  # noqa: E402
 
 from challenge.cluster import ClusterSpec, dask_client  # noqa: E402
@@ -116,16 +115,9 @@ def monitor_overhead(args: argparse.Namespace, work: Path) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------------------
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
     import distributed
 
-    return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, "
-            f"distributed {distributed.__version__}")
+    return f"{metrics_bench.machine()}, distributed {distributed.__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -302,16 +302,12 @@ def finish_attempt(attempt: Attempt, status: str, counts: dict[str, int] | None 
 
 
 @contextmanager
-def run_attempt(record: RunRecord, save: Callable[[], object], monitor: str = "") -> Iterator[Attempt]:
-    """One invocation of a run, recorded: the attempt is started and saved, then finished with its status
-    (``complete``; ``interrupted`` on KeyboardInterrupt; ``host-fault`` on HostFault; ``failed`` on anything
-    else, which propagates) and saved again, a failed last save ignored (the disk may be what failed). The
-    body may fill the attempt's ``counts`` and ``host_load``."""
-    attempt = record.start_attempt(monitor=monitor)
-    save()
+def run_status(on_exit: Callable[[str], object]) -> Iterator[None]:
+    """Call ``on_exit(status)`` when the block ends: ``complete``; ``interrupted`` on KeyboardInterrupt;
+    ``host-fault`` on HostFault; ``failed`` on anything else (which, like those two, propagates)."""
     status = "failed"
     try:
-        yield attempt
+        yield
         status = "complete"
     except HostFault:
         status = "host-fault"
@@ -320,9 +316,24 @@ def run_attempt(record: RunRecord, save: Callable[[], object], monitor: str = ""
         status = "interrupted"
         raise
     finally:
+        on_exit(status)
+
+
+@contextmanager
+def run_attempt(record: RunRecord, save: Callable[[], object], monitor: str = "") -> Iterator[Attempt]:
+    """One invocation of a run, recorded: the attempt is started and saved, then finished with its status
+    (:func:`run_status`) and saved again, a failed last save ignored (the disk may be what failed). The body
+    may fill the attempt's ``counts`` and ``host_load``."""
+    attempt = record.start_attempt(monitor=monitor)
+    save()
+
+    def finish(status: str) -> None:
         finish_attempt(attempt, status)
         with suppress(OSError):
             save()
+
+    with run_status(finish):
+        yield attempt
 
 
 def relative_to_results(path: Path, results: Path) -> str:

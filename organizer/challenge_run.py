@@ -31,6 +31,7 @@ from challenge.results import (
     read_run,
     read_team_status,
     run_attempt,
+    run_status,
     team_dir,
     write_team_status,
 )
@@ -224,19 +225,13 @@ def _run_on_cluster(settings: ChallengeSettings, record: RunRecord, client, temp
     if settings.resume:
         jobs = [job for job in jobs if not read_team_status(job.settings.team_dir)]
     records = {job.name: start_team(job, record.run_id) for job in jobs}
-    status = "failed"
-    try:
-        run_teams(client, jobs, settings.images, record.run_id, allowed)
-        status = "complete"
-    except HostFault:
-        status = "host-fault"
-        raise
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
+
+    def finish(status: str) -> None:
         for job in jobs:
             finish_team(job, records[job.name], status)
+
+    with run_status(finish):
+        run_teams(client, jobs, settings.images, record.run_id, allowed)
     return not_ranked
 
 
