@@ -109,6 +109,30 @@ def add_cases(parser: argparse._ActionsContainer) -> None:
                         help="only cases whose id (or image file name) matches this glob (default: all)")
 
 
+def _profile(text: str) -> Any:
+    from challenge.profile import ProfileError, load
+
+    try:
+        return load(text)
+    except ProfileError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix(f"--profile {text}: ")) from None
+
+
+def add_profile(parser: argparse._ActionsContainer) -> None:
+    """``--profile NAME|PATH``: the challenge profile (challenge.profile), parsed into a Profile; default flare22."""
+    from challenge.profile import DEFAULT, shipped
+
+    parser.add_argument("--profile", type=_profile, default=DEFAULT, metavar="NAME|PATH",
+                        help=f"the challenge profile: {', '.join(shipped())}, or a .toml file of your own "
+                             f"(default {DEFAULT}; docs/profiles.md)")
+
+
+def add_cohorts(parser: argparse._ActionsContainer) -> None:
+    """``--cohorts FILE``: a CSV ``Name,cohort`` (evaluator.cohorts)."""
+    parser.add_argument("--cohorts", type=Path, metavar="CSV",
+                        help="a CSV file Name,cohort: results per cohort too (every case must be listed)")
+
+
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="only errors")

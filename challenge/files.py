@@ -66,3 +66,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     return atomic_write_binary(path, lambda handle: handle.write(data))
+
+
+def read_bounded(path: str | Path, limit: int, flag: str) -> bytes:
+    """The bytes of a small input file that someone else wrote (a profile, a cohort list), read whole but
+    never more than ``limit`` bytes: ValueError, one line naming ``flag`` and the file, when it cannot be
+    read or is larger."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot read ({err.strerror or type(err).__name__})") from None
+    if len(data) > limit:
+        raise ValueError(f"{flag} {path}: larger than {limit:,} bytes")
+    return data

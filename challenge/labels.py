@@ -17,7 +17,8 @@ class Organ:
     short: str  # column prefix in CSVs, e.g. "Liver" -> "Liver_DSC"
     name: str
     tolerance_mm: float  # NSD tolerance
-    tubular: bool = False
+    tubular: bool = False  # cropped to the GT's slice range before scoring (the tube crop)
+    in_mean: bool = True  # counts in the per-case organ mean (DSC_mean, NSD_mean)
 
 
 ORGANS: tuple[Organ, ...] = (

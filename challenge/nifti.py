@@ -540,13 +540,15 @@ class LabelIssues:
                            self.non_finite + other.non_finite)
 
 
-def to_labels(values: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, LabelIssues]:
-    """uint8 labels of a numeric array, as the official ``np.uint8(get_fdata())`` reads labels 0..13: floats
-    truncated toward zero; values outside 0..13, NaN and ±inf set to 0. Writes ``out`` (same shape, uint8;
-    it may be ``values`` itself) or a new array; returns it with the counts of what changed."""
+def to_labels(values: np.ndarray, out: np.ndarray | None = None,
+              max_label: int = MAX_LABEL) -> tuple[np.ndarray, LabelIssues]:
+    """uint8 labels of a numeric array, as the official ``np.uint8(get_fdata())`` reads labels 0..13 (0..
+    ``max_label``: a challenge profile's highest label): floats truncated toward zero; values outside 0..13,
+    NaN and ±inf set to 0. Writes ``out`` (same shape, uint8; it may be ``values`` itself) or a new array;
+    returns it with the counts of what changed."""
     out = np.empty(values.shape, np.uint8) if out is None else out
     if values.dtype.kind in "bui":
-        inside = values <= MAX_LABEL if values.dtype.kind in "bu" else (values >= 0) & (values <= MAX_LABEL)
+        inside = values <= max_label if values.dtype.kind in "bu" else (values >= 0) & (values <= max_label)
         outside = values.size - int(np.count_nonzero(inside))
         np.copyto(out, values, casting="unsafe")
         if outside:
@@ -556,7 +558,7 @@ def to_labels(values: np.ndarray, out: np.ndarray | None = None) -> tuple[np.nda
     whole = np.trunc(values)
     fractional = whole != values
     fractional &= finite
-    inside = (whole >= 0) & (whole <= MAX_LABEL)  # NaN and ±inf are not
+    inside = (whole >= 0) & (whole <= max_label)  # NaN and ±inf are not
     whole[~inside] = 0
     np.copyto(out, whole, casting="unsafe")
     return out, LabelIssues(values.size - int(np.count_nonzero(inside)), int(np.count_nonzero(fractional)),
@@ -564,9 +566,9 @@ def to_labels(values: np.ndarray, out: np.ndarray | None = None) -> tuple[np.nda
 
 
 def read_labels(path: str | Path, expect: Geometry | tuple[int, int, int],
-                chunk_voxels: int = LABEL_CHUNK_VOXELS) -> tuple[np.ndarray, LabelIssues]:
-    """Read a label map (a prediction) as a (k, j, i) uint8 array with :func:`to_labels`' semantics, and what
-    that changed.
+                chunk_voxels: int = LABEL_CHUNK_VOXELS, max_label: int = MAX_LABEL) -> tuple[np.ndarray, LabelIssues]:
+    """Read a label map (a prediction) as a (k, j, i) uint8 array with :func:`to_labels`' semantics (labels
+    0..``max_label``), and what that changed.
 
     The header must declare ``expect``'s shape ((k, j, i), or a Geometry's), else ShapeError before any data
     is inflated. The data are rescaled as ITK does (NaN and ±inf are kept, counted and set to 0) and
@@ -583,7 +585,8 @@ def read_labels(path: str | Path, expect: Geometry | tuple[int, int, int],
         if header.stored.itemsize == 1 and header.stored.kind == "u" and not header.rescaled:
             data.fill(labels.data)  # uint8 already: read in place, check in pieces
             for start in range(0, labels.size, chunk_voxels):
-                issues += to_labels(labels[start:start + chunk_voxels], labels[start:start + chunk_voxels])[1]
+                piece = labels[start:start + chunk_voxels]
+                issues += to_labels(piece, piece, max_label)[1]
         else:
             staging = np.empty(min(chunk_voxels, labels.size) * header.stored.itemsize, np.uint8)
             for start in range(0, labels.size, chunk_voxels):
@@ -591,7 +594,7 @@ def read_labels(path: str | Path, expect: Geometry | tuple[int, int, int],
                 data.fill(part.data)
                 values = part.view(header.stored)
                 values = _rescaled(values, header) if header.rescaled else values.astype(header.dtype, copy=False)
-                issues += to_labels(values, labels[start:start + values.size])[1]
+                issues += to_labels(values, labels[start:start + values.size], max_label)[1]
         data.finish()
     return labels.reshape(header.shape), issues
 

@@ -264,6 +264,7 @@ class RunRecord:
     host: dict = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
     calibration: dict | None = None  # on a cluster: per worker, its calibration run (the organizer's record)
+    profile: dict | None = None  # the challenge profile's name and sha256 (challenge.profile); None: flare22
     schema: int = RUN_SCHEMA
 
     def start_attempt(self, monitor: str = "", worker: str | None = None) -> Attempt:

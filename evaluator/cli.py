@@ -14,8 +14,10 @@ from pathlib import Path
 
 from challenge.cli import (
     Parser,
+    add_cohorts,
     add_labels,
     add_out,
+    add_profile,
     add_verbosity,
     bounded,
     configure_logging,
@@ -23,7 +25,7 @@ from challenge.cli import (
     run_command,
 )
 from challenge.cluster import ClusterError, add_cluster_options, cluster_spec, dask_client
-from challenge.exitcodes import for_failures
+from challenge.exitcodes import ExitCode, for_failures
 
 _workers = bounded(int, low=1)
 
@@ -66,6 +68,8 @@ def _add_score(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pred", required=True, type=Path, metavar="PRED_DIR", help="folder of <Case>.nii.gz predictions")
     add_out(p, help="where metrics.csv and summary.json go")
     add_scoring_options(p)
+    add_profile(p)
+    add_cohorts(p)
     add_cluster_options(p)
     add_verbosity(p)
     p.set_defaults(run=_run_score, parser=p)
@@ -84,7 +88,8 @@ def _writable(out: Path) -> str | None:
 
 def _run_score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from challenge.cases import list_labels
-    from evaluator.scoring import score_folder, status_kind
+    from evaluator.cohorts import read_cohorts
+    from evaluator.scoring import MissingPrediction, score_folder, status_kind
 
     require_folder(parser, args.gt, "--gt")
     require_folder(parser, args.pred, "--pred")
@@ -95,11 +100,17 @@ def _run_score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error(problem)
     spec = cluster_spec(args)
     try:
+        check_recorded_profile(args.profile, args.pred, args.out)
+        cohorts = read_cohorts(args.cohorts, list_labels(args.gt)) if args.cohorts is not None else None
         with dask_client(spec) as client:
             if client is not None:
                 log.info("scoring on %s", spec.describe())
             table = score_folder(args.gt, args.pred, args.out, mode=args.mode, workers=args.workers,
-                                 progress=not args.quiet, max_voxels=args.max_voxels, client=client)
+                                 progress=not args.quiet, max_voxels=args.max_voxels, client=client,
+                                 profile=args.profile, cohorts=cohorts)
+    except MissingPrediction as err:
+        print(f"flare-evaluate: not ok: {err}", file=sys.stderr)
+        return ExitCode.CASE_FAILED
     except (FileNotFoundError, ValueError, ClusterError) as err:
         parser.error(str(err))
     kinds = table["status"].map(status_kind)
@@ -145,6 +156,8 @@ def _add_rank(subparsers: argparse._SubParsersAction) -> None:
     add_labels(p)
     add_out(p, help="where the leaderboard and its report go")
     add_scoring_options(p)
+    add_profile(p)
+    add_cohorts(p)
     add_cluster_options(p)
     add_ranking_options(p)
     add_verbosity(p)
@@ -172,8 +185,9 @@ def add_ranking_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("ranking")
     g.add_argument("--bootstrap", type=_workers, default=1000, help="bootstrap samples (default 1000)")
     g.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    g.add_argument("--title", default="FLARE22-style challenge", metavar="TEXT",
-                   help="the challenge's name on the report (default 'FLARE22-style challenge')")
+    g.add_argument("--title", metavar="TEXT",
+                   help="the challenge's name on the report (default: the profile's title, e.g. 'FLARE22-style "
+                        "challenge')")
 
 
 def ranking_settings(args: argparse.Namespace):
@@ -183,15 +197,43 @@ def ranking_settings(args: argparse.Namespace):
     return RankingSettings(bootstrap_samples=args.bootstrap, seed=args.seed)
 
 
+def leaderboard_settings(args: argparse.Namespace):
+    """The :class:`evaluator.leaderboard.LeaderboardSettings` of the scoring, ranking, profile and cohort
+    options (``evaluator rank`` and ``organizer challenge``)."""
+    from evaluator.leaderboard import LeaderboardSettings
+
+    return LeaderboardSettings(mode=args.mode, workers=args.workers, ranking=ranking_settings(args),
+                               max_voxels=args.max_voxels, title=args.title or args.profile.title,
+                               profile=args.profile, cohorts=args.cohorts)
+
+
+def check_recorded_profile(profile, *folders: Path) -> None:
+    """ProfileError (one line) when a team folder among ``folders`` (or the parent of one: ``--pred
+    RESULTS/<team>/outputs``) holds a run.json made under another profile."""
+    import json
+
+    from challenge.profile import check_same
+
+    for folder in folders:
+        for candidate in (folder / "run.json", folder.parent / "run.json"):
+            if candidate.is_file():
+                try:
+                    record = json.loads(candidate.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue
+                check_same(profile, record if isinstance(record, dict) else None, str(candidate))
+                return
+
+
 def _run_rank(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from evaluator.leaderboard import LeaderboardSettings, rank_results
+    from evaluator.leaderboard import rank_results
 
     require_folder(parser, args.labels, "--labels")
     require_folder(parser, args.results, "--results")
     problem = _writable(args.out)
     if problem:
         parser.error(problem)
-    settings = LeaderboardSettings(args.mode, args.workers, ranking_settings(args), args.max_voxels, args.title)
+    settings = leaderboard_settings(args)
     try:
         with dask_client(cluster_spec(args)) as client:
             published = rank_results(args.results, args.labels, args.out, settings, client=client)

@@ -9,12 +9,13 @@ not a team and is listed as skipped, with the reason, never dropped silently.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from challenge.cases import list_labels
 from challenge.nifti import MAX_VOXELS, read_header
+from challenge.profile import Profile, check_same, default
 from challenge.results import RunRecord, TeamDir, discover_teams, read_curves, read_run, read_table, read_team_status
 from evaluator.ranking import Ranking, RankingSettings, TeamResults, rank
 from evaluator.report import Curves, TeamFiles, write_leaderboard
@@ -30,6 +31,8 @@ class LeaderboardSettings:
     ranking: RankingSettings | None = None
     max_voxels: int = MAX_VOXELS  # the most voxels a GT may declare (challenge.nifti)
     title: str = DEFAULT_TITLE  # the challenge's name on the report
+    profile: Profile | None = None  # None: flare22
+    cohorts: Path | None = None  # a CSV Name,cohort (evaluator.cohorts): per-cohort tables, ranks and tests
 
 
 @dataclass
@@ -55,7 +58,7 @@ def load_team(team: TeamDir, gt_dir: Path, settings: LeaderboardSettings,
     (:func:`evaluator.scoring.score_folder`).
 
     A team folder whose files cannot be read is ranked last with the reason as its note, never dropped."""
-    from evaluator.scoring import score_folder
+    from evaluator.scoring import MissingPrediction, score_folder
 
     try:
         note = read_team_status(team)
@@ -64,8 +67,11 @@ def load_team(team: TeamDir, gt_dir: Path, settings: LeaderboardSettings,
         if metrics is None and team.outputs.is_dir():
             log.info("scoring %s", team.team)
             score_folder(gt_dir, team.outputs, team.path, mode=settings.mode, workers=settings.workers,
-                         progress=False, max_voxels=settings.max_voxels, client=client)
+                         progress=False, max_voxels=settings.max_voxels, client=client, profile=settings.profile)
             metrics = read_table(team.metrics_csv)
+    except MissingPrediction as err:
+        return TeamResults(team.team, None, read_table(team.efficiency_csv), f"evaluation aborted: {err}"), {}, \
+            read_run(team)
     except (ValueError, KeyError, UnicodeDecodeError) as err:  # pandas' and json's parse errors are ValueErrors
         return TeamResults(team.team, None, None, f"unreadable results: {_one_line(err)}"), {}, None
     if efficiency is None and metrics is None and not note:
@@ -115,13 +121,20 @@ def rank_results(results_dir: Path, gt_dir: Path, out_dir: Path, settings: Leade
     ``client``: a ``distributed.Client`` that scores the unscored teams on its cluster (the workers must see
     ``gt_dir`` and ``results_dir`` at the same paths); None: the local process pool of ``settings.workers``.
     ``calibration``: the cluster's worker calibration (organizer.cluster_run), shown in the report.
-    Raises ValueError if there is no GT case or no team; ClusterError when the cluster's workers cannot score.
+    Raises ValueError if there is no GT case or no team; ClusterError when the cluster's workers cannot score;
+    ProfileError when a team was run, or its metrics.csv scored, under another profile than ``settings``';
+    CohortError when ``settings.cohorts`` cannot be read or misses a GT case.
     """
+    from evaluator.cohorts import cohort_results, read_cohorts
+
     settings = settings or LeaderboardSettings()
+    profile = settings.profile or default()
     cases = check_ground_truth(gt_dir, settings.max_voxels)
+    cohorts = read_cohorts(settings.cohorts, cases) if settings.cohorts is not None else None
     team_dirs = discover_teams(results_dir)
     if not team_dirs:
         raise ValueError(f"{results_dir}: no team folders (with efficiency.csv or outputs/)")
+    check_profiles(team_dirs, profile)
     skipped = {**(not_ranked or {}), **skipped_folders(results_dir)}
     for name, reason in skipped.items():
         log.warning("%s: not ranked: %s", name, reason)
@@ -132,10 +145,31 @@ def rank_results(results_dir: Path, gt_dir: Path, out_dir: Path, settings: Leade
         curves[team.team], files[team.team] = team_curves, team_files(team_dir, team, run, cases)
         if team.metrics is not None:
             metrics[team.team] = team.metrics
-    ranking = rank(teams, cases, settings.ranking or RankingSettings())
-    report_settings = {"title": settings.title, "ranking": vars(ranking.settings), "evaluator_mode": settings.mode,
-                       "gt_dir": gt_dir.name, "results_dir": results_dir.name, "cases": len(cases),
+    ranking_settings = replace(settings.ranking or RankingSettings(), profile=profile)
+    ranking = rank(teams, cases, ranking_settings)
+    by_cohort = cohort_results(ranking, cohorts) if cohorts is not None else None
+    report_settings = {"title": settings.title, "profile": profile.identity(), "ranking": ranking_settings.describe(),
+                       "evaluator_mode": settings.mode, "gt_dir": gt_dir.name, "results_dir": results_dir.name,
+                       "cases": len(cases), "cohorts": settings.cohorts.name if settings.cohorts else None,
                        "monitor_runs": {t: f.run.settings if f.run is not None else {} for t, f in files.items()},
                        "not_ranked": skipped, "calibration": calibration}
-    index = write_leaderboard(ranking, out_dir, metrics, curves, report_settings, files)
+    index = write_leaderboard(ranking, out_dir, metrics, curves, report_settings, files, by_cohort)
     return Published(index, ranking)
+
+
+def check_profiles(team_dirs: list[TeamDir], profile: Profile) -> None:
+    """ProfileError (one line) when a team's run.json, or the summary.json of its metrics, names another
+    profile than ``profile`` (records from before profiles count as flare22's)."""
+    import json
+
+    for team in team_dirs:
+        run = read_run(team)
+        if run is not None:
+            check_same(profile, {"profile": run.profile}, f"team {team.team} ({team.run_json.name})")
+        if team.metrics_csv.is_file() and team.summary_json.is_file():
+            try:
+                summary = json.loads(team.summary_json.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            check_same(profile, summary if isinstance(summary, dict) else None,
+                       f"team {team.team}'s metrics ({team.summary_json.name})")

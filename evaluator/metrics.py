@@ -1,12 +1,15 @@
-"""DSC and NSD of the 13 FLARE22 organs for one pair of label arrays (the official per-organ protocol).
+"""DSC and NSD of a challenge profile's labels (the 13 FLARE22 organs by default) for one pair of label arrays
+(the official per-label protocol; the profile's rules: challenge.profile).
 
 Arrays are (k, j, i): axis 0 is the NIfTI's third voxel axis, the slice axis along which the
 official scorer crops the aorta, the IVC and the esophagus. ``spacing_kji`` is in mm, same order.
 
-Per organ (challenge.labels): both masks empty gives DSC = NSD = 1; an empty GT with a non-empty
-prediction gives 0 and 0; otherwise DSC = 2|G∩P| / (|G| + |P|) and NSD = DeepMind's surface Dice at
-the organ's tolerance (so an empty prediction gives 0 and 0). The emptiness test looks at the whole
-arrays; the tube crop comes after it:
+Per label: both masks empty gives DSC = NSD = the profile's ``both_empty`` (1 in FLARE22 and FLARE23); an
+empty GT with a non-empty prediction gives 0 and 0; otherwise DSC = 2|G∩P| / (|G| + |P|) and NSD =
+DeepMind's surface Dice at the label's tolerance (so an empty prediction gives 0 and 0), and 0 where the
+DSC is below the profile's ``nsd_zero_below_dsc`` (FLARE23: 0.1). Values are rounded to the profile's
+``decimals`` (FLARE23: 4) as the official code does. The emptiness test looks at
+the whole arrays; the tube crop (labels with ``tube_crop``) comes after it:
 - mode ``flare22``: slices ``[min_k, max_k)`` of the GT (the official exclusive end drops the top GT
   slice). Where the GT lies on a single slice that range is empty and the official code returns NaN;
   here that one slice is scored instead (the ``strict`` range) and the case gets a warning.
@@ -19,7 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from challenge.labels import MAX_LABEL, ORGANS, Organ
+from challenge.labels import MAX_LABEL, Organ
+from challenge.profile import Profile, default
 from evaluator.surface import (
     Scratch,
     border_surface_dice,
@@ -79,8 +83,9 @@ _ONE = np.uint16(1)
 BOX_CHUNK_BYTES = 1 << 20  # uint16 label bits converted and reduced per step of label_boxes (stays in cache)
 
 
-def label_boxes(labels: np.ndarray) -> dict[int, Box]:
-    """Bounding box of every label 1..13 present in a (k, j, i) uint8 array (values above 13 have none).
+def label_boxes(labels: np.ndarray, max_label: int = MAX_LABEL) -> dict[int, Box]:
+    """Bounding box of every label 1..``max_label`` (at most 15) present in a (k, j, i) uint8 array (values
+    above it have none).
 
     The foreground's (j, i) extent comes from one max-projection along k; within those columns, a few
     slices at a time (``BOX_CHUNK_BYTES``), each voxel becomes one bit (1 << label) and OR-projections onto
@@ -104,7 +109,7 @@ def label_boxes(labels: np.ndarray) -> dict[int, Box]:
                    np.bitwise_or.reduce(ki, axis=0))
     present = int(np.bitwise_or.reduce(projections[0]))
     boxes = {}
-    for label in range(1, MAX_LABEL + 1):
+    for label in range(1, max_label + 1):
         bit = 1 << label
         if not present & bit:
             continue
@@ -140,8 +145,10 @@ def _union(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
 
 def score_organ(gt: np.ndarray, pred: np.ndarray, organ: Organ, gt_box: Box, pred_box: Box | None,
                 spacing_kji: tuple[float, float, float], mode: Mode, table: np.ndarray,
-                warnings: list[str], threads: int = 1, scratch: Scratch | None = None) -> tuple[float, float]:
+                warnings: list[str], threads: int = 1, scratch: Scratch | None = None, *,
+                nsd_zero_below: float = 0.0) -> tuple[float, float]:
     """(DSC, NSD) of one organ whose GT is not empty. ``scratch``: buffers shared by the organs of a case.
+    Where the DSC is below ``nsd_zero_below`` the NSD is 0 (not computed).
 
     Everything happens in the union of the GT's and the prediction's boxes within the organ's slab: each
     mask is written once into a voxel grid padded by the tolerance's reach (:func:`voxel_grid`), counted,
@@ -169,6 +176,8 @@ def score_organ(gt: np.ndarray, pred: np.ndarray, organ: Organ, gt_box: Box, pre
     both = scratch.get(2, size).view(bool)  # |G ∩ P| over the whole grids: contiguous, 0 outside the masks
     np.logical_and(g_voxels.reshape(-1).view(bool), p_voxels.reshape(-1).view(bool), out=both)
     dsc = 2 * int(np.count_nonzero(both)) / (g_count + p_count)
+    if dsc < nsd_zero_below:
+        return dsc, 0.0
     g_border, p_border = (grid_border(voxels, table, scratch.get(2, size)) for voxels in (g_voxels, p_voxels))
     corners = (g_voxels.shape[0], g_voxels.shape[1], g_voxels.shape[2])
     nsd = border_surface_dice(g_border, p_border, corners, organ.tolerance_mm, spacing_kji, OFFICIAL_SUM_ORDER,
@@ -177,42 +186,55 @@ def score_organ(gt: np.ndarray, pred: np.ndarray, organ: Organ, gt_box: Box, pre
 
 
 def score_arrays(gt: np.ndarray, pred: np.ndarray, spacing_kji: tuple[float, float, float],
-                 mode: Mode = MODES["flare22"], threads: int = 1) -> OrganScores:
-    """DSC and NSD of the 13 organs. ``gt`` and ``pred`` are (k, j, i) uint8 arrays of one shape with
-    values in 0..13 (see :func:`clean_labels`); ``spacing_kji`` in mm. ``threads``: KD-tree query threads
-    (-1: all cores)."""
+                 mode: Mode = MODES["flare22"], threads: int = 1, profile: Profile | None = None) -> OrganScores:
+    """DSC and NSD of the profile's labels (default flare22: the 13 organs). ``gt`` and ``pred`` are
+    (k, j, i) uint8 arrays of one shape with values in 0..the profile's highest label (see
+    :func:`clean_labels`); ``spacing_kji`` in mm. ``threads``: KD-tree query threads (-1: all cores)."""
     if gt.shape != pred.shape:
         raise ValueError(f"shape {pred.shape} != GT shape {gt.shape}")
+    profile = profile or default()
+    rules = profile.scoring
     table = surfel_area_table(spacing_kji)
-    gt_boxes, pred_boxes = label_boxes(gt), label_boxes(pred)
+    gt_boxes, pred_boxes = label_boxes(gt, profile.max_label), label_boxes(pred, profile.max_label)
     scratch = Scratch()
     scores = OrganScores()
-    for organ in ORGANS:
+    for organ in profile.labels:
         gt_box, pred_box = gt_boxes.get(organ.id), pred_boxes.get(organ.id)
         if gt_box is None:
-            value = 1.0 if pred_box is None else 0.0
-            dsc = nsd = value
+            dsc = nsd = rules.both_empty if pred_box is None else 0.0
         else:
-            dsc, nsd = score_organ(gt, pred, organ, gt_box, pred_box, spacing_kji, mode, table,
-                                   scores.warnings, threads, scratch)
+            dsc, nsd = score_organ(gt, pred, organ, gt_box, pred_box, spacing_kji, mode, table, scores.warnings,
+                                   threads, scratch, nsd_zero_below=rules.nsd_zero_below_dsc)
         scores.dsc[organ.short], scores.nsd[organ.short] = dsc, nsd
+    return rounded(scores, rules.decimals)
+
+
+def rounded(scores: OrganScores, decimals: int) -> OrganScores:
+    """``scores`` with every value rounded to ``decimals`` (-1: unchanged) as the official ``round(x, 4)`` on
+    numpy floats does (``np.round``)."""
+    if decimals >= 0:
+        for values in (scores.dsc, scores.nsd):
+            values.update({key: float(np.round(np.float64(value), decimals)) for key, value in values.items()})
     return scores
 
 
-def empty_prediction_scores(gt: np.ndarray) -> OrganScores:
-    """The scores of a missing or invalid prediction: 0 where the GT has the organ, 1 where it has not."""
-    present = labels_present(gt)
+def empty_prediction_scores(gt: np.ndarray, profile: Profile | None = None) -> OrganScores:
+    """The scores of a missing or invalid prediction: 0 where the GT has the label, the profile's
+    ``both_empty`` (1) where it has not."""
+    profile = profile or default()
+    present = labels_present(gt, max_label=profile.max_label)
     scores = OrganScores()
-    for organ in ORGANS:
-        value = 0.0 if organ.id in present else 1.0
+    for organ in profile.labels:
+        value = 0.0 if organ.id in present else profile.scoring.both_empty
         scores.dsc[organ.short] = scores.nsd[organ.short] = value
-    return scores
+    return rounded(scores, profile.scoring.decimals)
 
 
-def labels_present(labels: np.ndarray, chunk: int = 1 << 18) -> set[int]:
-    """The labels 1..13 found in a uint8 array, counted a piece at a time (no temporary the size of the array)."""
+def labels_present(labels: np.ndarray, chunk: int = 1 << 18, max_label: int = MAX_LABEL) -> set[int]:
+    """The labels 1..``max_label`` found in a uint8 array, counted a piece at a time (no temporary the size of
+    the array)."""
     counts = np.zeros(256, np.int64)
     flat = labels.reshape(-1)
     for start in range(0, flat.size, chunk):
         counts += np.bincount(flat[start:start + chunk], minlength=256)
-    return {label for label in range(1, MAX_LABEL + 1) if counts[label]}
+    return {label for label in range(1, max_label + 1) if counts[label]}

@@ -3,7 +3,9 @@
 Inputs are per-team tables keyed by case id (``Name``): the evaluator's metrics.csv and the resource
 monitor's efficiency.csv. Units: Time in s, AUC_GPU_Time_tol2G in MiB*s, AUC_CPU_Time in %*s.
 
-The scheme (flare22.grand-challenge.org/Evaluation; docs/metrics.md):
+Which metrics are ranked, their weights, directions, rounding and penalties come from the challenge profile
+(challenge.profile; ``[ranking]``); the flare22 profile's scheme (flare22.grand-challenge.org/Evaluation;
+docs/metrics.md):
 1. per case, a team's DSC and NSD are the means over the 13 organs;
 2. a case whose run did not end ``ok``, whose prediction is missing or invalid, whose scoring failed
    (``error``), or with a ranked figure that is not a finite number, takes the official worst values
@@ -23,11 +25,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from challenge import rules
+from challenge.profile import Profile, RankedMetric, default
 
-METRICS = tuple(rules.RANK_WEIGHTS)  # DSC, NSD, Time, AUC_GPU_Time_tol2G, AUC_CPU_Time
-PENALTY = {"DSC": rules.PENALTY_DSC, "NSD": rules.PENALTY_NSD, "Time": rules.PENALTY_TIME_S,
-           "AUC_GPU_Time_tol2G": float(rules.PENALTY_AUC_GPU_TOL2G), "AUC_CPU_Time": float(rules.PENALTY_AUC_CPU)}
+METRICS = tuple(m.name for m in default().metrics)  # flare22's: DSC, NSD, Time, AUC_GPU_Time_tol2G, AUC_CPU_Time
 
 
 @dataclass
@@ -46,59 +46,76 @@ class RankingSettings:
     bootstrap_samples: int = 1000
     seed: int = 0
     alpha: float = 0.05
+    profile: Profile | None = field(default=None, repr=False)  # None: flare22
+
+    @property
+    def metrics(self) -> tuple[RankedMetric, ...]:
+        return (self.profile or default()).metrics
+
+    def describe(self) -> dict:
+        """What the leaderboard records of these settings."""
+        return {"bootstrap_samples": self.bootstrap_samples, "seed": self.seed, "alpha": self.alpha,
+                "profile": (self.profile or default()).identity()}
 
 
 @dataclass
 class Ranking:
-    values: pd.DataFrame  # (team, case) x metrics after penalties and rounding, plus `penalised`
+    values: pd.DataFrame  # (team, case) x ranked metrics after penalties and rounding, plus `penalised`
     ranks: pd.DataFrame  # (team, case) x metrics: per-case ranks, ties -> min
-    case_scores: pd.DataFrame  # team x case: (weighted rank sum) / 4
+    case_scores: pd.DataFrame  # team x case: (weighted rank sum) / the profile's normaliser (flare22: 4)
     leaderboard: pd.DataFrame  # one row per team, best first
     bootstrap_ranks: pd.DataFrame  # sample x team
     kendall_tau: np.ndarray  # per bootstrap sample, against the full ranking
     pairwise: pd.DataFrame  # one-sided Wilcoxon, Holm-adjusted
     settings: RankingSettings = field(default_factory=RankingSettings)
 
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The ranked metrics' names, in the profile's order."""
+        return tuple(m.name for m in self.settings.metrics)
 
-def case_values(team: TeamResults, cases: list[str]) -> pd.DataFrame:
-    """The five ranked metrics per case for one team, with the official worst values where a case failed.
 
-    An empty GPU figure (a host with no GPU) counts as 0 MiB*s above the 2 GiB tolerance for a run
-    that ended ok, so that every team ties on it rather than being penalised.
+def case_values(team: TeamResults, cases: list[str], metrics: tuple[RankedMetric, ...] | None = None) -> pd.DataFrame:
+    """The ranked metrics (the profile's; default flare22's five) per case for one team, with their penalties
+    (the official worst values) where a case failed.
+
+    An empty GPU figure (a metric marked ``gpu``: a host with no GPU) counts as 0 for a run that ended ok, so
+    that every team ties on it rather than being penalised.
     """
-    out = pd.DataFrame(index=pd.Index(cases, name="Name"), columns=list(METRICS), dtype=float)
+    ranked = metrics or default().metrics
+    out = pd.DataFrame(index=pd.Index(cases, name="Name"), columns=[m.name for m in ranked], dtype=float)
     reasons = pd.Series("", index=out.index, dtype=object)
-    metrics = _by_case(team.metrics)
-    efficiency = _by_case(team.efficiency)
+    tables = {"metrics": _by_case(team.metrics), "efficiency": _by_case(team.efficiency)}
     for case in cases:
-        reason = _failure(case, metrics, efficiency, team.note) or _not_a_number(case, metrics, efficiency)
+        reason = (_failure(case, tables["metrics"], tables["efficiency"], team.note)
+                  or _not_a_number(case, tables, ranked))
         if reason:
-            out.loc[case] = [PENALTY[m] for m in METRICS]
+            out.loc[case] = [m.penalty for m in ranked]
             reasons[case] = reason
             continue
-        m, e = metrics.loc[case], efficiency.loc[case]
-        assert isinstance(m, pd.Series) and isinstance(e, pd.Series)  # one row each: _by_case drops duplicates
-        out.loc[case] = [float(m["DSC_mean"]), float(m["NSD_mean"]), float(e["Time"]), _gpu(e),
-                         float(e["AUC_CPU_Time"])]
-    for metric in METRICS:
-        out[metric] = out[metric].round(rules.ROUND_DECIMALS[metric])
+        out.loc[case] = [_figure(tables[m.table], case, m) for m in ranked]
+    for m in ranked:
+        out[m.name] = out[m.name].round(m.decimals)
     out["penalised"] = reasons
     return out
 
 
-def _gpu(efficiency_row: pd.Series) -> float:
-    """AUC_GPU_Time_tol2G of a run that ended ok; 0 where the host had no GPU (an empty figure)."""
-    gpu = pd.to_numeric(efficiency_row.get("AUC_GPU_Time_tol2G", np.nan), errors="coerce")  # no column: NaN
-    return 0.0 if pd.isna(gpu) else float(gpu)
+def _figure(table: pd.DataFrame, case: str, metric: RankedMetric) -> float:
+    """One ranked figure of a case that ran ok: NaN if missing or not a number, except a GPU figure (0)."""
+    raw = table.loc[case, metric.column] if metric.column in table.columns else np.nan  # no column: NaN
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # not a number (a hostile or broken table)
+        value = float("nan")
+    if np.isnan(value) and metric.gpu:
+        return 0.0
+    return value
 
 
-def _not_a_number(case: str, metrics: pd.DataFrame, efficiency: pd.DataFrame) -> str:
-    """A reason when a ranked figure of a case that ran ok is missing or not a finite number: such a case
-    takes the worst values, so that no NaN ever enters a rank."""
-    values = pd.Series({"DSC": metrics.loc[case, "DSC_mean"], "NSD": metrics.loc[case, "NSD_mean"],
-                        "Time": efficiency.loc[case, "Time"], "AUC_CPU_Time": efficiency.loc[case, "AUC_CPU_Time"]})
-    finite = np.isfinite(pd.to_numeric(values, errors="coerce").to_numpy(dtype=float))
-    bad = [str(name) for name, ok in zip(values.index, finite, strict=True) if not ok]
+def _not_a_number(case: str, tables: dict[str, pd.DataFrame], ranked: tuple[RankedMetric, ...]) -> str:
+    """A reason when a ranked figure of a case that ran ok is missing or not a finite number (GPU figures may
+    be empty): such a case takes the worst values, so that no NaN ever enters a rank."""
+    bad = [m.name for m in ranked if not np.isfinite(_figure(tables[m.table], case, m))]
     return f"not a number: {', '.join(bad)}" if bad else ""
 
 
@@ -129,26 +146,27 @@ def rank(teams: list[TeamResults], cases: list[str], settings: RankingSettings |
     settings = settings or RankingSettings()
     if not teams or not cases:
         raise ValueError("ranking needs at least one team and one case")
-    values = pd.concat({t.team: case_values(t, cases) for t in teams}, names=["team", "Name"])
+    ranked = settings.metrics
+    values = pd.concat({t.team: case_values(t, cases, ranked) for t in teams}, names=["team", "Name"])
     ranks = pd.DataFrame(index=values.index)
-    for metric in METRICS:
-        ranks[metric] = values[metric].groupby(level="Name").rank(
-            method="min", ascending=not rules.HIGHER_IS_BETTER[metric])
-    weights = pd.Series(rules.RANK_WEIGHTS)
-    composite = (ranks[list(METRICS)] * weights).sum(axis=1) / rules.RANK_NORMALISER
+    for m in ranked:
+        ranks[m.name] = values[m.name].groupby(level="Name").rank(method="min", ascending=not m.higher_is_better)
+    names = [m.name for m in ranked]
+    weights = pd.Series({m.name: m.weight for m in ranked})
+    composite = (ranks[names] * weights).sum(axis=1) / (settings.profile or default()).normaliser
     case_scores = composite.unstack("Name").reindex(columns=cases)
-    board = _leaderboard(values, ranks, case_scores, teams)
+    board = _leaderboard(values, ranks, case_scores, teams, names)
     boot, tau = bootstrap(case_scores, board["rank"], settings)
     pairwise = wilcoxon_holm(case_scores, board.index.tolist(), settings.alpha)
     return Ranking(values, ranks, case_scores, board, boot, tau, pairwise, settings)
 
 
 def _leaderboard(values: pd.DataFrame, ranks: pd.DataFrame, case_scores: pd.DataFrame,
-                 teams: list[TeamResults]) -> pd.DataFrame:
+                 teams: list[TeamResults], names: list[str]) -> pd.DataFrame:
     score = case_scores.mean(axis=1)
     board = pd.DataFrame({"score": score})
     board["rank"] = score.rank(method="min").astype(int)
-    for metric in METRICS:
+    for metric in names:
         board[f"mean_rank_{metric}"] = ranks[metric].groupby(level="team").mean()
         board[metric] = values[metric].groupby(level="team").mean()
     failed = values["penalised"].ne("").groupby(level="team").sum().astype(int)

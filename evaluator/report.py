@@ -1,7 +1,8 @@
 """Leaderboard files and a self-contained ``index.html`` (no network: plots are inline PNGs, CSS inline).
 
 Writes into LEADERBOARD_DIR: leaderboard.csv, leaderboard.json, case_ranks.csv, bootstrap_ranks.csv,
-pairwise.csv, index.html, and copies of each team's per-case plots and logs that the page links to:
+pairwise.csv, index.html, with cohorts cohorts.csv and cohort_tests.csv, and copies of each team's per-case
+plots and logs that the page links to:
 ``teams/<team>/plots/<Case>.png`` and ``teams/<team>/logs/<Case>.log`` (logs with absolute paths cut to
 their last component). What the page shows: :mod:`evaluator.report_html`; its figures:
 :mod:`evaluator.report_plots`.
@@ -20,6 +21,7 @@ import pandas as pd
 
 from challenge.files import atomic_write, atomic_write_bytes
 from challenge.teams import TeamNameError, check_team
+from evaluator.cohorts import CohortResults
 from evaluator.ranking import Ranking
 from evaluator.report_facts import Curves, TeamFiles, strip_paths
 from evaluator.report_html import CaseLinks, ReportData, render_page
@@ -31,12 +33,14 @@ TEAMS_DIR = "teams"
 
 
 def write_leaderboard(ranking: Ranking, out_dir: Path, metrics: dict[str, pd.DataFrame],
-                      curves: dict[str, Curves], settings: dict, teams: dict[str, TeamFiles] | None = None) -> Path:
+                      curves: dict[str, Curves], settings: dict, teams: dict[str, TeamFiles] | None = None,
+                      cohorts: CohortResults | None = None) -> Path:
     """Write every leaderboard file into ``out_dir``; returns the path of index.html.
 
     ``teams`` (optional): per team, its efficiency table, run record and per-case plot and log paths; without
     it the page has no GPU memory, RAM, host-load flags or file links. ``settings["title"]`` names the
-    challenge on the page (default "FLARE22-style challenge")."""
+    challenge on the page (default "FLARE22-style challenge"). ``cohorts``: the per-cohort results
+    (evaluator.cohorts), written to cohorts.csv and cohort_tests.csv and shown on the page."""
     out_dir.mkdir(parents=True, exist_ok=True)
     board = ranking.leaderboard.reset_index()
     atomic_write(out_dir / "leaderboard.csv", lambda f: board.to_csv(f, index=False))
@@ -44,13 +48,20 @@ def write_leaderboard(ranking: Ranking, out_dir: Path, metrics: dict[str, pd.Dat
                "kendall_tau": _tau_summary(ranking.kendall_tau),
                "rank_distribution": _rank_distribution(ranking),
                "settings": settings}
+    if cohorts is not None:
+        payload["cohorts"] = json.loads(cohorts.table.to_json(orient="records"))
+        atomic_write(out_dir / "cohorts.csv", lambda f: cohorts.table.to_csv(f, index=False))
+        atomic_write(out_dir / "cohort_tests.csv", lambda f: cohorts.tests.to_csv(f, index=False))
+    else:
+        for name in ("cohorts.csv", "cohort_tests.csv"):  # derived: never left from an earlier ranking
+            (out_dir / name).unlink(missing_ok=True)
     atomic_write(out_dir / "leaderboard.json", lambda f: json.dump(payload, f, indent=2))
     table = ranking.values.join(ranking.ranks.add_suffix("_rank")).reset_index()
     atomic_write(out_dir / "case_ranks.csv", lambda f: table.to_csv(f, index=False))
     atomic_write(out_dir / "bootstrap_ranks.csv", lambda f: ranking.bootstrap_ranks.to_csv(f, index_label="sample"))
     atomic_write(out_dir / "pairwise.csv", lambda f: ranking.pairwise.to_csv(f, index=False))
     links = copy_team_files(out_dir, teams or {})
-    page = render_page(ReportData(ranking, metrics, curves, settings, teams or {}, links))
+    page = render_page(ReportData(ranking, metrics, curves, settings, teams or {}, links, cohorts))
     atomic_write(out_dir / "index.html", lambda f: f.write(page))
     return out_dir / "index.html"
 

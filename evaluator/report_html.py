@@ -23,8 +23,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from challenge.labels import ORGANS
-from evaluator.ranking import METRICS, Ranking
+from challenge.profile import Profile, default
+from evaluator.cohorts import CohortResults
+from evaluator.ranking import Ranking
 from evaluator.report_facts import (
     BUSY_FLAG,
     DEFAULT_TITLE,
@@ -57,12 +58,14 @@ from evaluator.report_plots import (
     teams_with_ok_cases,
 )
 
-SHORT = {"DSC": "DSC", "NSD": "NSD", "Time": "Time", "AUC_GPU_Time_tol2G": "GPU", "AUC_CPU_Time": "CPU"}
+SHORT = {"DSC": "DSC", "NSD": "NSD", "Time": "Time", "AUC_GPU_Time_tol2G": "GPU", "AUC_CPU_Time": "CPU",
+         "AUC_RAM_Time": "RAM"}
 HEADER = {"DSC": "DSC", "NSD": "NSD", "Time": "Time (s)", "AUC_GPU_Time_tol2G": GPU_LABEL,
-          "AUC_CPU_Time": "CPU AUC (%·s)"}
+          "AUC_CPU_Time": "CPU AUC (%·s)", "AUC_RAM_Time": "RAM AUC (MiB·s)"}
 FORMAT = {"DSC": "{:.4f}", "NSD": "{:.4f}", "Time": "{:,.2f}", "AUC_GPU_Time_tol2G": "{:,.0f}",
-          "AUC_CPU_Time": "{:,.1f}"}
-PENALTY_TEXT = "DSC 0, NSD 0, Time 3,600 s, GPU AUC 29,491,200 MiB·s, CPU AUC 360,000 %·s"
+          "AUC_CPU_Time": "{:,.1f}", "AUC_RAM_Time": "{:,.0f}"}
+PENALTY_NAMES = {"Time": ("Time", " s"), "AUC_GPU_Time_tol2G": ("GPU AUC", " MiB·s"),
+                 "AUC_CPU_Time": ("CPU AUC", " %·s"), "AUC_RAM_Time": ("RAM AUC", " MiB·s")}
 CaseLinks = dict[str, dict[str, str]]  # case -> {"plot": href, "log": href}, relative to index.html
 
 
@@ -77,6 +80,7 @@ class ReportData:
     settings: dict
     teams: dict[str, TeamFiles] = field(default_factory=dict)
     links: dict[str, CaseLinks] = field(default_factory=dict)
+    cohorts: CohortResults | None = None
 
     @property
     def order(self) -> list[str]:
@@ -85,6 +89,42 @@ class ReportData:
     @property
     def cases(self) -> list[str]:
         return [str(c) for c in self.ranking.case_scores.columns]
+
+    @property
+    def profile(self) -> Profile:
+        return self.ranking.settings.profile or default()
+
+    @property
+    def metrics_ranked(self) -> tuple[str, ...]:
+        return self.ranking.metrics
+
+
+def short(metric: str) -> str:
+    return SHORT.get(metric, metric)
+
+
+def header(metric: str) -> str:
+    return HEADER.get(metric, metric)
+
+
+def number_format(metric: str) -> str:
+    return FORMAT.get(metric, "{:.4f}" if metric.endswith(("_DSC", "_NSD")) else "{:,.4g}")
+
+
+def penalty_text(profile: Profile) -> str:
+    """The ranked metrics' penalties in words, e.g. "DSC 0, NSD 0, Time 3,600 s, ..."."""
+    parts = []
+    for m in profile.metrics:
+        name, unit = PENALTY_NAMES.get(m.name, (m.name, ""))
+        parts.append(f"{name} {m.penalty:,.0f}{unit}" if m.penalty == int(m.penalty) else f"{name} {m.penalty:g}{unit}")
+    return ", ".join(parts)
+
+
+def formula(profile: Profile) -> str:
+    """The per-case score as HTML, e.g. (r<sub>DSC</sub> + ... + 0.5&middot;r<sub>CPU</sub>) / 4."""
+    terms = [("" if m.weight == 1 else f"{m.weight:g}&middot;") + f"r<sub>{html.escape(short(m.name))}</sub>"
+             for m in profile.metrics]
+    return f"({' + '.join(terms)}) / {profile.normaliser:g}"
 
 
 def render_page(data: ReportData, now: datetime | None = None) -> str:
@@ -123,6 +163,7 @@ def _render(data: ReportData, now: datetime | None) -> str:
     sections = [
         ("ranking", "Ranking", ranking_section(data, facts)),
         ("organs", "Accuracy per organ", organ_section(data, colours)),
+        *([("cohorts", "Cohorts", cohort_section(data))] if data.cohorts is not None else []),
         ("efficiency", "Efficiency", efficiency_section(data, facts, colours)),
         ("case-scores", "Per-case scores", heatmap_section(data)),
         ("stability", "Rank stability", stability_section(data, colours)),
@@ -171,7 +212,8 @@ pre { background: #f6f6f6; padding: 1em; overflow-x: auto; white-space: pre-wrap
 def title_block(data: ReportData, title: str, now: datetime | None, sections: list[tuple[str, str, str]]) -> str:
     """Challenge name, date (UTC), harness version and commit, the settings in one line, and the contents."""
     rs = data.ranking.settings
-    parts = [f"evaluator mode {esc(data.settings['evaluator_mode'])}" if "evaluator_mode" in data.settings else "",
+    parts = [f"profile {esc(data.profile.name)} (sha256 {esc(data.profile.sha256[:12])})",
+             f"evaluator mode {esc(data.settings['evaluator_mode'])}" if "evaluator_mode" in data.settings else "",
              f"{rs.bootstrap_samples} bootstrap samples (seed {rs.seed})", f"α = {rs.alpha}",
              f"ground truth folder {esc(data.settings['gt_dir'])}" if "gt_dir" in data.settings else "",
              f"results folder {esc(data.settings['results_dir'])}" if "results_dir" in data.settings else ""]
@@ -183,39 +225,40 @@ def title_block(data: ReportData, title: str, now: datetime | None, sections: li
             f'<p class="meta">Settings: {"; ".join(p for p in parts if p)} '
             '(<a href="#settings">all settings</a>).</p>\n'
             f"<nav>{nav}</nav></header>\n"
-            "<p>FLARE22 rank-then-aggregate: per case and metric the teams are ranked (ties take the minimum "
-            f"rank); a team's score is the mean over its {len(data.cases)} cases of (r<sub>DSC</sub> + "
-            "r<sub>NSD</sub> + r<sub>Time</sub> + 0.5&middot;r<sub>GPU</sub> + 0.5&middot;r<sub>CPU</sub>) / 4. "
-            "Lower is better.</p>")
+            f"<p>{esc(data.profile.title)}, rank-then-aggregate: per case and metric the teams are ranked (ties "
+            f"take the minimum rank); a team's score is the mean over its {len(data.cases)} cases of "
+            f"{formula(data.profile)}. Lower is better.</p>")
 
 
 # --- ranking ------------------------------------------------------------------------------------------------
 
 def ranking_section(data: ReportData, facts: dict[str, TeamFacts]) -> str:
-    board = data.ranking.leaderboard
+    board, ranked = data.ranking.leaderboard, data.metrics_ranked
     head = ('<tr><th rowspan="2">Rank</th><th rowspan="2" class="text">Team</th><th rowspan="2">Score</th>'
-            '<th colspan="7" class="group">Mean over cases</th><th colspan="5" class="group">Mean rank per case</th>'
+            f'<th colspan="{len(ranked) + 2}" class="group">Mean over cases</th>'
+            f'<th colspan="{len(ranked)}" class="group">Mean rank per case</th>'
             '<th rowspan="2">Cases</th><th rowspan="2">Failed cases</th><th rowspan="2" class="text status">Status'
             "</th></tr><tr>"
-            + "".join(f"<th>{html.escape(HEADER[m])}</th>" for m in METRICS)
+            + "".join(f"<th>{html.escape(header(m))}</th>" for m in ranked)
             + "<th>GPU memory (MiB)</th><th>RAM (MiB)</th>"
-            + "".join(f"<th>{html.escape(SHORT[m])}</th>" for m in METRICS) + "</tr>")
+            + "".join(f"<th>{html.escape(short(m))}</th>" for m in ranked) + "</tr>")
     rows = []
     for team, row in board.iterrows():
         team, fact = str(team), facts[str(team)]
         cells = [f"<td>{int(row['rank'])}</td>", f'<td class="team">{team_link(team)}</td>',
                  f"<td>{num(row['score'], '{:.3f}')}</td>"]
-        cells += [f"<td>{num(row[m], FORMAT[m])}</td>" for m in METRICS]
+        cells += [f"<td>{num(row[m], number_format(m))}</td>" for m in ranked]
         cells += [f"<td>{num(fact.gpu_mem_mib, '{:.0f}')}</td>", f"<td>{num(fact.ram_mib, '{:.0f}')}</td>"]
-        cells += [f"<td>{num(row[f'mean_rank_{m}'], '{:.2f}')}</td>" for m in METRICS]
+        cells += [f"<td>{num(row[f'mean_rank_{m}'], '{:.2f}')}</td>" for m in ranked]
         cells += [f"<td>{int(row['cases'])}</td>", f"<td>{int(row['failed_cases'])}</td>",
                   f'<td class="text status">{esc(row["status"])}{_busy_mark(fact)}</td>']
         rows.append(f"<tr>{''.join(cells)}</tr>")
     table = (f'<div class="wide"><table id="leaderboard"><thead>{head}</thead><tbody>{"".join(rows)}</tbody>'
              "</table></div>")
     note = ("<p class=\"note\">Means over all cases, penalised cases at the official worst values "
-            f"({html.escape(PENALTY_TEXT)}). GPU memory is each case's stable maximum (efficiency.csv GPU_Mem) and RAM "
-            "the peak system RAM used, both measured and averaged over the cases the team ran (not ranked; "
+            f"({html.escape(penalty_text(data.profile))}). GPU memory is each case's peak (efficiency.csv "
+            "GPU_Mem: the profile's stable or raw maximum) and RAM the peak system RAM used, both measured and "
+            "averaged over the cases the team ran (not necessarily ranked; "
             "&ndash; where there is no figure, e.g. no GPU on the host). Mean rank per case: 1 is best.</p>")
     return table + note + _not_ranked(data.settings.get("not_ranked"))
 
@@ -237,7 +280,7 @@ def organ_section(data: ReportData, colours: dict[str, tuple]) -> str:
     teams = [t for t in data.order if t in data.metrics and not data.metrics[t].empty]
     if not teams:
         return "<p>No team was scored.</p>"
-    legend = ", ".join(f"<b>{html.escape(o.short)}</b> {html.escape(o.name)}" for o in ORGANS
+    legend = ", ".join(f"<b>{html.escape(o.short)}</b> {html.escape(o.name)}" for o in data.profile.labels
                        if o.short.lower() != o.name)
     unscored = [t for t in data.order if t not in teams]
     parts = [f"<p>Mean &plusmn; standard deviation over the scored cases (metrics.csv) of each team. Organ "
@@ -246,7 +289,8 @@ def organ_section(data: ReportData, colours: dict[str, tuple]) -> str:
         parts.append(f"<p>Not scored: {', '.join(html.escape(t) for t in unscored)}.</p>")
     for kind in ("DSC", "NSD"):
         parts.append(f"<h3>{kind}</h3>" + organ_table(data, teams, kind))
-    parts.append(img(organ_boxplots(data.metrics, teams, colours), "Per-organ DSC and NSD box plots per team"))
+    parts.append(img(organ_boxplots(data.metrics, teams, colours, data.profile.labels),
+                     "Per-organ DSC and NSD box plots per team"))
     return "\n".join(parts)
 
 
@@ -255,11 +299,14 @@ def organ_table(data: ReportData, teams: list[str], kind: str) -> str:
     tables = {t: _scored_rows(data.metrics[t], data.cases) for t in teams}
     head = "".join(f"<th>{html.escape(t)} (n = {len(tables[t])})</th>" for t in teams)
     rows = []
-    for organ in ORGANS:
+    for organ in data.profile.labels:
         cells = "".join(f"<td>{_mean_sd(tables[t], f'{organ.short}_{kind}')}</td>" for t in teams)
         rows.append(f'<tr><td class="text">{html.escape(organ.name)} ({html.escape(organ.short)})</td>{cells}</tr>')
     mean = "".join(f"<td><b>{_mean_sd(tables[t], f'{kind}_mean')}</b></td>" for t in teams)
-    rows.append(f'<tr><td class="text"><b>mean of the 13 organs</b></td>{mean}</tr>')
+    counted = data.profile.mean_labels
+    what = f"mean of the {len(counted)} organs" if len(counted) == len(data.profile.labels) else \
+        f"mean of the {len(counted)} labels counted ({', '.join(o.short for o in counted)})"
+    rows.append(f'<tr><td class="text"><b>{html.escape(what)}</b></td>{mean}</tr>')
     return (f'<div class="wide"><table class="organs" id="organs-{kind}"><thead><tr><th class="text">organ</th>'
             f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
@@ -274,6 +321,44 @@ def _mean_sd(table: pd.DataFrame, column: str) -> str:
         return "–"
     sd = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return f"{float(values.mean()):.3f} &plusmn; {sd:.3f}"
+
+
+# --- cohorts ------------------------------------------------------------------------------------------------
+
+def cohort_section(data: ReportData) -> str:
+    """Per team: the overall rank beside its rank, DSC and NSD on each cohort's cases; then the per-team tests
+    of a difference between cohorts."""
+    results = data.cohorts
+    assert results is not None
+    table = results.table.set_index(["team", "cohort"])
+    names = results.cohorts
+    counts = {c: int(table.xs(c, level="cohort")["cases"].iloc[0]) for c in names}
+    head = ('<tr><th rowspan="2" class="text">Team</th><th rowspan="2">Overall rank</th>'
+            + "".join(f'<th colspan="3" class="group">{esc(c)} (n = {counts[c]})</th>' for c in names)
+            + '<th rowspan="2">Kruskal&ndash;Wallis p (DSC)</th></tr><tr>'
+            + "<th>Rank</th><th>DSC</th><th>NSD</th>" * len(names) + "</tr>")
+    tests = results.tests
+    rows = []
+    for team in data.order:
+        cells = [f'<td class="team">{team_link(team)}</td>',
+                 f"<td>{num(table.loc[(team, names[0]), 'overall_rank'], '{:.0f}')}</td>"]
+        for c in names:
+            cells += [f"<td>{num(table.loc[(team, c), 'rank'], '{:.0f}')}</td>"]
+            cells += [f"<td>{num(table.loc[(team, c), m] if m in table.columns else None, '{:.4f}')}</td>"
+                      for m in ("DSC", "NSD")]
+        kw = tests[(tests["team"] == team) & (tests["metric"] == "DSC") & (tests["test"] == "kruskal")]
+        cells.append(f"<td>{num(kw['p_value'].iloc[0] if len(kw) else None, '{:.3g}')}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    pairs = tests[(tests["test"] == "mannwhitney") & (tests["p_holm"] < data.ranking.settings.alpha)]
+    found = ("".join(f"<li>{esc(r.team)}, {esc(r.metric)}: {esc(r.cohort_a)} vs {esc(r.cohort_b)}, "
+                     f"Holm-adjusted p = {r.p_holm:.3g}</li>" for r in pairs.itertuples())
+             or f"<li>none at &alpha; = {data.ranking.settings.alpha}</li>")
+    return ("<p>Each team's rank among all teams on each cohort's cases alone (the mean of its per-case scores "
+            "there), with its mean DSC and NSD there as ranked (penalised cases at their worst values). "
+            "Kruskal&ndash;Wallis: does the team's per-case DSC differ between cohorts? Pairwise two-sided "
+            "Mann&ndash;Whitney U tests, Holm-adjusted per team (cohort_tests.csv has every test, DSC and NSD).</p>"
+            f'<div class="wide"><table id="cohorts"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+            f"</div><p>Cohort differences within a team (Mann&ndash;Whitney, Holm):</p><ul>{found}</ul>")
 
 
 # --- efficiency, case scores, stability, significance --------------------------------------------------------
@@ -446,18 +531,19 @@ def case_table(data: ReportData, team: str, files: TeamFiles) -> str:
     scored = _by_name(data.metrics.get(team))
     links = data.links.get(team, {})
     head = ("<tr><th class=\"text\">Case</th><th class=\"text\">Status</th>"
-            + "".join(f"<th>{html.escape(HEADER[m])}</th>" for m in METRICS)
-            + "<th>GPU memory (MiB)</th><th>RAM (MiB)</th><th>Ranks (DSC, NSD, Time, GPU, CPU)</th>"
+            + "".join(f"<th>{html.escape(header(m))}</th>" for m in data.metrics_ranked)
+            + "<th>GPU memory (MiB)</th><th>RAM (MiB)</th>"
+              f"<th>Ranks ({html.escape(', '.join(short(m) for m in data.metrics_ranked))})</th>"
               "<th>Case score</th><th class=\"text\">Penalty</th><th class=\"text\">Files</th></tr>")
     rows = []
     for case in data.cases:
         reason = str(values.loc[case, "penalised"])
         status = _case_status(case, efficiency, scored)
         cells = [f'<td class="text">{html.escape(case)}</td>', f'<td class="text">{esc(status)}</td>']
-        cells += [f"<td>{num(values.loc[case, m], FORMAT[m])}</td>" for m in METRICS]
+        cells += [f"<td>{num(values.loc[case, m], number_format(m))}</td>" for m in data.metrics_ranked]
         cells += [f"<td>{num(_cell(efficiency, case, 'GPU_Mem'), '{:.0f}')}</td>",
                   f"<td>{num(_cell(efficiency, case, 'RAM'), '{:.0f}')}</td>",
-                  f"<td>{' · '.join(num(ranks.loc[case, m], '{:.0f}') for m in METRICS)}</td>",
+                  f"<td>{' · '.join(num(ranks.loc[case, m], '{:.0f}') for m in data.metrics_ranked)}</td>",
                   f"<td>{num(scores[case], '{:.2f}')}</td>", f'<td class="text">{esc(reason)}</td>',
                   f'<td class="text files">{_file_links(links.get(case, {}))}</td>']
         row_class = ' class="penalised"' if reason else ""

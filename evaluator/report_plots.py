@@ -17,7 +17,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from challenge.labels import ORGANS
+from challenge.labels import Organ
 from evaluator.ranking import Ranking
 from evaluator.report_facts import Curves
 
@@ -31,7 +31,8 @@ from matplotlib.ticker import StrMethodFormatter  # noqa: E402
 DPI = 80
 GPU_LABEL = "GPU AUC above 2 GiB (MiB·s)"
 EFFICIENCY_PANELS = {"Time": "Time (s)", "AUC_GPU_Time_tol2G": "GPU AUC above\n2 GiB (MiB·s)",
-                     "AUC_CPU_Time": "CPU AUC (%·s)"}
+                     "AUC_CPU_Time": "CPU AUC (%·s)", "AUC_RAM_Time": "RAM AUC (MiB·s)"}
+GPU_METRIC = "AUC_GPU_Time_tol2G"
 
 
 def img(fig: plt.Figure | None, alt: str) -> str:
@@ -65,12 +66,15 @@ def teams_with_ok_cases(ranking: Ranking) -> list[str]:
 
 
 def gpu_used(ranking: Ranking) -> bool:
-    """Whether any case that ran ok has a GPU AUC above the 2 GiB tolerance (else every team ties at 0)."""
-    return bool((ok_values(ranking)["AUC_GPU_Time_tol2G"] > 0).any())
+    """Whether the GPU AUC is ranked and any case that ran ok has one above the tolerance (else every team ties
+    at 0)."""
+    ok = ok_values(ranking)
+    return GPU_METRIC in ok.columns and bool((ok[GPU_METRIC] > 0).any())
 
 
-def organ_boxplots(metrics: dict[str, pd.DataFrame], teams: list[str], colours: dict[str, tuple]) -> plt.Figure | None:
-    """DSC and NSD per organ (short names on the axis), one box per team; None when no team was scored."""
+def organ_boxplots(metrics: dict[str, pd.DataFrame], teams: list[str], colours: dict[str, tuple],
+                   labels: tuple[Organ, ...]) -> plt.Figure | None:
+    """DSC and NSD per label (short names on the axis), one box per team; None when no team was scored."""
     teams = [t for t in teams if t in metrics and not metrics[t].empty]
     if not teams:
         return None
@@ -80,20 +84,20 @@ def organ_boxplots(metrics: dict[str, pd.DataFrame], teams: list[str], colours: 
         for n, team in enumerate(teams):
             table = metrics[team]
             data = [pd.to_numeric(table.get(f"{o.short}_{kind}", pd.Series(dtype=float)), errors="coerce")
-                    .dropna().to_numpy() for o in ORGANS]
-            pos = np.arange(len(ORGANS)) + (n - (len(teams) - 1) / 2) * width
+                    .dropna().to_numpy() for o in labels]
+            pos = np.arange(len(labels)) + (n - (len(teams) - 1) / 2) * width
             box = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=True,
                              flierprops={"markersize": 3})
             for patch in box["boxes"]:
                 patch.set_facecolor(colours[team])
         ax.set_ylabel(kind)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlim(-0.6, len(ORGANS) - 0.4)
+        ax.set_xlim(-0.6, len(labels) - 0.4)
         ax.grid(axis="y", alpha=0.3)
     handles = [Patch(color=colours[t], label=t) for t in teams]
     axes[0].legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.02), ncol=min(len(teams), 6),
                    frameon=False)
-    axes[1].set_xticks(range(len(ORGANS)), [o.short for o in ORGANS], rotation=30, ha="right")
+    axes[1].set_xticks(range(len(labels)), [o.short for o in labels], rotation=30, ha="right")
     return fig
 
 
@@ -107,7 +111,7 @@ def efficiency_plot(ranking: Ranking, colours: dict[str, tuple], with_gpu: bool)
         return None
     cases = [str(c) for c in ranking.case_scores.columns]
     position = {c: i for i, c in enumerate(cases)}
-    panels = [m for m in EFFICIENCY_PANELS if with_gpu or m != "AUC_GPU_Time_tol2G"]
+    panels = [m for m in EFFICIENCY_PANELS if m in ok.columns and (with_gpu or m != GPU_METRIC)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(min(16, max(11, 0.3 * len(cases) + 5)), 2.6 * len(panels)),
                              sharex=True, squeeze=False)
     spread = min(0.6, 0.12 * len(teams))

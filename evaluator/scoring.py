@@ -36,8 +36,9 @@ from challenge.cases import case_from_label, label_name, list_labels
 from challenge.cluster import CONNECT_TIMEOUT_S, ClusterError
 from challenge.exitcodes import HostFault
 from challenge.files import atomic_write
-from challenge.labels import ORGANS, metric_columns
+from challenge.labels import ORGANS
 from challenge.nifti import MAX_VOXELS, Geometry, LabelIssues, NiftiError, read_header, read_labels
+from challenge.profile import Profile, default
 from evaluator.metrics import MODES, Mode, OrganScores, empty_prediction_scores, score_arrays
 
 log = logging.getLogger(__name__)
@@ -45,40 +46,50 @@ SUMMARY_COLUMNS = ["DSC_mean", "NSD_mean"]
 PROGRESS_MIN_CASES = 4  # a progress bar only for more than a few cases
 
 
+FLARE22_MEAN = tuple(o.short for o in ORGANS)
+
+
+class MissingPrediction(ValueError):
+    """A prediction is missing and the profile aborts the evaluation then (FLARE23): one line naming it."""
+
+
 @dataclass
 class CaseScore:
-    """One case's result: organ short name -> value, and a status string. Plain and picklable."""
+    """One case's result: label short name -> value (in the profile's label order), and a status string.
+    ``mean_over``: the labels the means count (the profile's ``in_mean`` labels). Plain and picklable."""
 
     name: str
     dsc: dict[str, float]
     nsd: dict[str, float]
     status: str
+    mean_over: tuple[str, ...] = FLARE22_MEAN
 
     @property
     def dsc_mean(self) -> float:
-        return float(np.mean([self.dsc[o.short] for o in ORGANS]))
+        return float(np.mean([self.dsc[short] for short in self.mean_over]))
 
     @property
     def nsd_mean(self) -> float:
-        return float(np.mean([self.nsd[o.short] for o in ORGANS]))
+        return float(np.mean([self.nsd[short] for short in self.mean_over]))
 
     def row(self) -> dict:
-        """The metrics.csv row: Name, 13 DSC, 13 NSD, DSC_mean, NSD_mean, status."""
-        values = {f"{o.short}_DSC": self.dsc[o.short] for o in ORGANS}
-        values |= {f"{o.short}_NSD": self.nsd[o.short] for o in ORGANS}
-        return {"Name": self.name, **{c: values[c] for c in metric_columns()},
-                "DSC_mean": self.dsc_mean, "NSD_mean": self.nsd_mean, "status": self.status}
+        """The metrics.csv row: Name, every label's DSC, every label's NSD, DSC_mean, NSD_mean, status."""
+        values = {f"{short}_DSC": value for short, value in self.dsc.items()}
+        values |= {f"{short}_NSD": value for short, value in self.nsd.items()}
+        return {"Name": self.name, **values, "DSC_mean": self.dsc_mean, "NSD_mean": self.nsd_mean,
+                "status": self.status}
 
 
-def _result(name: str, scores: OrganScores, status: str) -> CaseScore:
+def _result(name: str, scores: OrganScores, status: str, profile: Profile) -> CaseScore:
     if status == "ok" and scores.warnings:
         status = "ok; warning: " + "; ".join(scores.warnings)
-    return CaseScore(name, scores.dsc, scores.nsd, status)
+    return CaseScore(name, scores.dsc, scores.nsd, status, tuple(o.short for o in profile.mean_labels))
 
 
-def _error_result(name: str, reason: str) -> CaseScore:
-    nan = {o.short: float("nan") for o in ORGANS}
-    return CaseScore(name, dict(nan), dict(nan), f"error: {reason}")
+def _error_result(name: str, reason: str, profile: Profile | None = None) -> CaseScore:
+    profile = profile or default()
+    nan = {o.short: float("nan") for o in profile.labels}
+    return CaseScore(name, dict(nan), dict(nan), f"error: {reason}", tuple(o.short for o in profile.mean_labels))
 
 
 def _missing_status(pred_path: Path) -> str:
@@ -88,7 +99,7 @@ def _missing_status(pred_path: Path) -> str:
 
 
 def score_case(gt_path: str | Path, pred_path: str | Path, mode: str = "flare22", threads: int = 1, *,
-               max_voxels: int = MAX_VOXELS) -> CaseScore:
+               max_voxels: int = MAX_VOXELS, profile: Profile | None = None) -> CaseScore:
     """Score one prediction file against one GT file (both ``<Case>.nii.gz`` label maps).
 
     A plain function of its arguments, so a process pool or a distributed engine can run it.
@@ -98,35 +109,40 @@ def score_case(gt_path: str | Path, pred_path: str | Path, mode: str = "flare22"
     the GT's is ``invalid`` at once, and its data are converted to labels in bounded pieces
     (:func:`challenge.nifti.read_labels`), so that a hostile file costs at most a few times the GT's memory.
     Raises NiftiError only when the GT itself cannot be read; every prediction problem is a status.
+    ``profile``: the challenge's labels and scoring rules (challenge.profile; default flare22).
     """
     gt_path, pred_path = Path(gt_path), Path(pred_path)
-    settings = MODES[mode]
+    settings, profile = MODES[mode], profile or default()
+    top = profile.max_label
     name = case_from_label(gt_path.name)
     gt_header = read_header(gt_path, max_voxels)
-    gt, gt_issues = read_labels(gt_path, gt_header.shape)
+    gt, gt_issues = read_labels(gt_path, gt_header.shape, max_label=top)
     gt_geometry = gt_header.geometry()
-    warnings = [f"GT has {gt_issues.outside} voxels outside 0..13 (ignored)"] if gt_issues.outside else []
+    warnings = [f"GT has {gt_issues.outside} voxels outside 0..{top} (ignored)"] if gt_issues.outside else []
+
+    def empty(status: str) -> CaseScore:
+        return _result(name, empty_prediction_scores(gt, profile), status, profile)
+
     if not pred_path.is_file():
-        return _result(name, empty_prediction_scores(gt), _missing_status(pred_path))
+        return empty(_missing_status(pred_path))
     try:
         pred_header = read_header(pred_path)
         if pred_header.shape != gt_geometry.shape:  # before any data is inflated
-            return _result(name, empty_prediction_scores(gt),
-                           f"invalid: shape {pred_header.shape} != GT shape {gt_geometry.shape} (k, j, i)")
-        pred, issues = read_labels(pred_path, gt_geometry)
+            return empty(f"invalid: shape {pred_header.shape} != GT shape {gt_geometry.shape} (k, j, i)")
+        pred, issues = read_labels(pred_path, gt_geometry, max_label=top)
         problem = _check_grid(pred_header.geometry(), gt_geometry, settings.header_mismatch_invalid)
     except NiftiError as err:
-        return _result(name, empty_prediction_scores(gt), f"invalid: {_short(err, pred_path)}")
+        return empty(f"invalid: {_short(err, pred_path)}")
     if problem is not None and problem[0] == "invalid":
-        return _result(name, empty_prediction_scores(gt), f"invalid: {problem[1]}")
+        return empty(f"invalid: {problem[1]}")
     if problem is not None:
         warnings.append(problem[1])
-    invalid, label_warnings = _label_problems(issues, settings)
+    invalid, label_warnings = _label_problems(issues, settings, top)
     if invalid:
-        return _result(name, empty_prediction_scores(gt), f"invalid: {invalid}")
-    scores = score_arrays(gt, pred, gt_geometry.spacing_kji, settings, threads)
+        return empty(f"invalid: {invalid}")
+    scores = score_arrays(gt, pred, gt_geometry.spacing_kji, settings, threads, profile)
     scores.warnings[:0] = warnings + label_warnings
-    return _result(name, scores, "ok")
+    return _result(name, scores, "ok", profile)
 
 
 def _short(err: Exception, path: Path) -> str:
@@ -145,12 +161,12 @@ def _check_grid(pred_geometry: Geometry, gt_geometry: Geometry, header_invalid: 
     return "warning", f"header differs from the GT ({mismatch}); scored on the arrays as the official code does"
 
 
-def _label_problems(issues: LabelIssues, mode: Mode) -> tuple[str | None, list[str]]:
+def _label_problems(issues: LabelIssues, mode: Mode, top: int) -> tuple[str | None, list[str]]:
     """(the ``invalid`` reason in strict mode, else None; the warnings in flare22 mode) for the values that
-    were not labels 0..13."""
+    were not labels 0..``top``."""
     outside = non_integer = None
     if issues.outside:
-        outside = f"{issues.outside} voxels with values outside 0..13"
+        outside = f"{issues.outside} voxels with values outside 0..{top}"
         if issues.non_finite:
             outside += f", {issues.non_finite} of them NaN or inf"
     if issues.non_integer:
@@ -170,11 +186,17 @@ class FolderSettings:
     workers: int = 1  # scoring processes
     progress: bool = True
     max_voxels: int = MAX_VOXELS  # the most voxels a GT may declare
+    profile: Profile | None = None  # None: flare22
+
+    def case_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`score_case` besides the paths, mode and threads."""
+        return {"max_voxels": self.max_voxels, "profile": self.profile}
 
 
 def score_folder(gt_dir: str | Path, pred_dir: str | Path, out_dir: str | Path, mode: str = "flare22",
                  workers: int | None = None, progress: bool = True, max_voxels: int = MAX_VOXELS, *,
-                 client: Any = None, scorer: Callable[..., CaseScore] = score_case) -> pd.DataFrame:
+                 client: Any = None, scorer: Callable[..., CaseScore] = score_case,
+                 profile: Profile | None = None, cohorts: dict[str, str] | None = None) -> pd.DataFrame:
     """Score every GT case in ``gt_dir`` against ``pred_dir``; write metrics.csv and summary.json to ``out_dir``.
 
     Returns the metrics table (one row per GT case, sorted by case id). Raises ValueError for a mode
@@ -193,8 +215,12 @@ def score_folder(gt_dir: str | Path, pred_dir: str | Path, out_dir: str | Path, 
     shared a worker with the culprit is not failed with it. HostFault when the scheduler goes away.
 
     ``scorer``: the function run per case, :func:`score_case`'s signature (tests inject one that fails).
+    ``profile``: the challenge's labels and rules (default flare22). Where it says ``missing_prediction =
+    "abort"`` (FLARE23), a GT case without a prediction raises :class:`MissingPrediction` before anything is
+    scored or written. ``cohorts``: case id -> cohort (evaluator.cohorts), for the per-cohort summary.
     """
-    settings = FolderSettings(mode, workers or os.cpu_count() or 1, progress, max_voxels)
+    profile = profile or default()
+    settings = FolderSettings(mode, workers or os.cpu_count() or 1, progress, max_voxels, profile)
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
     gt_dir, pred_dir, out_dir = Path(gt_dir), Path(pred_dir), Path(out_dir)
@@ -206,6 +232,12 @@ def score_folder(gt_dir: str | Path, pred_dir: str | Path, out_dir: str | Path, 
         raise FileNotFoundError(f"--gt {gt_dir}: no <Case>.nii.gz label maps in it")
     for gt in cases.values():
         read_header(gt, max_voxels)  # GT problems are bad input: found before scoring
+    if profile.scoring.missing_prediction == "abort":
+        absent = [name for name in cases if not (pred_dir / label_name(name)).is_file()]
+        if absent:
+            raise MissingPrediction(f"--pred {pred_dir}: no {label_name(absent[0])}"
+                                    f"{f' (and {len(absent) - 1} more)' if len(absent) > 1 else ''}; profile "
+                                    f"{profile.name} aborts the evaluation on a missing prediction")
     if client is not None:
         gt_dir, pred_dir = gt_dir.absolute(), pred_dir.absolute()  # the workers' working folder is not ours
         cases = {name: gt_dir / path.name for name, path in cases.items()}
@@ -215,7 +247,7 @@ def score_folder(gt_dir: str | Path, pred_dir: str | Path, out_dir: str | Path, 
     extra = _extra_files(cases, pred_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "metrics.csv", lambda f: table.to_csv(f, index=False))
-    summary = summarize(table, mode, extra)
+    summary = summarize(table, mode, extra, profile, cohorts)
     atomic_write(out_dir / "summary.json", lambda f: json.dump(summary, f, indent=2, allow_nan=True))
     return table
 
@@ -230,15 +262,16 @@ def _run(cases: dict[str, Path], pred_dir: Path, settings: FolderSettings, clien
         results = _run_on_cluster(client, jobs, settings, scorer, bar.update)
     elif settings.workers <= 1 or len(jobs) == 1:
         for name, (gt, pred) in jobs.items():
-            results[name] = _guarded(name, scorer, gt, pred, settings.mode, -1, max_voxels=settings.max_voxels)
+            results[name] = _guarded(name, settings.profile, scorer, gt, pred, settings.mode, -1,
+                                     **settings.case_options())
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=min(settings.workers, len(jobs))) as pool:
-            futures = {pool.submit(scorer, gt, pred, settings.mode, 1, max_voxels=settings.max_voxels): name
+            futures = {pool.submit(scorer, gt, pred, settings.mode, 1, **settings.case_options()): name
                        for name, (gt, pred) in jobs.items()}
             for future in as_completed(futures):
                 name = futures[future]
-                results[name] = _guarded(name, future.result)
+                results[name] = _guarded(name, settings.profile, future.result)
                 bar.update()
     bar.close()
     return [results[name] for name in sorted(results)]
@@ -280,14 +313,14 @@ def _run_on_cluster(client: Any, jobs: dict[str, tuple[Path, Path]], settings: F
 
     names = list(jobs)
     futures = client.map(scorer, [str(jobs[n][0]) for n in names], [str(jobs[n][1]) for n in names],
-                         mode=settings.mode, threads=1, max_voxels=settings.max_voxels, pure=False)
+                         mode=settings.mode, threads=1, **settings.case_options(), pure=False)
     by_key = {future.key: name for future, name in zip(futures, names, strict=True)}
     results: dict[str, CaseScore] = {}
     lost: list[str] = []
     try:
         for future in completed(futures):
             name = by_key[future.key]
-            result = _collected(client, name, future, retry_lost=True)
+            result = _collected(client, name, future, retry_lost=True, profile=settings.profile)
             if result is None:
                 log.warning("%s: lost with its Dask worker; scoring it once more on its own", name)
                 lost.append(name)
@@ -296,9 +329,10 @@ def _run_on_cluster(client: Any, jobs: dict[str, tuple[Path, Path]], settings: F
             done()
         for name in sorted(lost):
             future = client.submit(scorer, str(jobs[name][0]), str(jobs[name][1]), mode=settings.mode, threads=1,
-                                   max_voxels=settings.max_voxels, pure=False)
+                                   **settings.case_options(), pure=False)
             futures.append(future)
-            results[name] = _collected(client, name, future, retry_lost=False) or _error_result(name, "lost")
+            results[name] = (_collected(client, name, future, retry_lost=False, profile=settings.profile)
+                             or _error_result(name, "lost", settings.profile))
             done()
     finally:
         unfinished = [f for f in futures if not f.done()]
@@ -307,7 +341,8 @@ def _run_on_cluster(client: Any, jobs: dict[str, tuple[Path, Path]], settings: F
     return results
 
 
-def _collected(client: Any, name: str, future: Any, retry_lost: bool) -> CaseScore | None:
+def _collected(client: Any, name: str, future: Any, retry_lost: bool,
+               profile: Profile | None = None) -> CaseScore | None:
     """The case's result, its ``error`` row, or None for a case lost with its worker when ``retry_lost``.
     HostFault when the scheduler went away."""
     from distributed import KilledWorker
@@ -328,21 +363,22 @@ def _collected(client: Any, name: str, future: Any, retry_lost: bool) -> CaseSco
     except Exception as err:  # noqa: BLE001  (one bad case never stops the others)
         reason = _reason(err)
     log.error("%s: %s", name, reason)
-    return _error_result(name, reason)
+    return _error_result(name, reason, profile)
 
 
 def _reason(err: BaseException) -> str:
     return str(err).splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def _guarded(name: str, call: Callable, *args, **kwargs) -> CaseScore:
-    """Run one case; an unexpected failure becomes that case's ``error`` row instead of stopping the run."""
+def _guarded(name: str, row_profile: Profile | None, call: Callable, *args, **kwargs) -> CaseScore:
+    """Run one case; an unexpected failure becomes that case's ``error`` row (with ``row_profile``'s labels)
+    instead of stopping the run."""
     try:
         return call(*args, **kwargs)
     except Exception as err:  # noqa: BLE001  (one bad case never stops the others)
         reason = _reason(err)
         log.error("%s: %s", name, reason)
-        return _error_result(name, reason)
+        return _error_result(name, reason, row_profile)
 
 
 def _extra_files(cases: dict[str, Path], pred_dir: Path) -> list[str]:
@@ -358,16 +394,20 @@ def status_kind(status: str) -> str:
     return status.split(":")[0].split(" ")[0]
 
 
-def summarize(table: pd.DataFrame, mode: str, extra: list[str]) -> dict:
-    """Per-organ and overall mean, median and population std (ddof=0) over cases; counts by status."""
+def summarize(table: pd.DataFrame, mode: str, extra: list[str], profile: Profile | None = None,
+              cohorts: dict[str, str] | None = None) -> dict:
+    """Per-label and overall mean, median and population std (ddof=0) over cases; counts by status; the
+    profile's name and hash; with ``cohorts``, the per-cohort means (evaluator.cohorts)."""
+    profile = profile or default()
     stats = {}
-    for column in metric_columns() + SUMMARY_COLUMNS:
+    for column in profile.metric_columns() + SUMMARY_COLUMNS:
         values = table[column].astype(float)
         stats[column] = {"mean": _num(values.mean()), "median": _num(values.median()),
                          "std": _num(values.std(ddof=0))}
     counts = table["status"].map(status_kind).value_counts().to_dict()
-    return {
+    summary: dict[str, Any] = {
         "mode": mode,
+        "profile": profile.identity(),
         "cases": len(table),
         "status_counts": {k: int(counts.get(k, 0)) for k in ("ok", "warning", "missing", "invalid", "error")},
         "DSC_mean": stats["DSC_mean"]["mean"],
@@ -376,6 +416,11 @@ def summarize(table: pd.DataFrame, mode: str, extra: list[str]) -> dict:
         "extra_files_in_pred_dir": extra,
         "versions": versions(),
     }
+    if cohorts is not None:
+        from evaluator.cohorts import cohort_summary
+
+        summary["cohorts"] = cohort_summary(table, cohorts)
+    return summary
 
 
 def _num(value: float) -> float | None:

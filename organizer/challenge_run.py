@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from challenge.cluster import ClusterSpec, dask_client
+from challenge.profile import check_same, default
 from challenge.results import (
     RunRecord,
     TeamDir,
@@ -92,14 +93,16 @@ def prepare(settings: ChallengeSettings) -> RunRecord:
     """The challenge's run record: the one in ``out`` when resuming, else a new one. An output folder that
     holds a run, without ``resume`` or ``fresh``, is refused with ValueError (one line, before anything runs)."""
     previous = read_run(settings.record_dir)
+    profile = settings.leaderboard.profile or default()
     if settings.resume and previous is not None:
+        check_same(profile, {"profile": previous.profile}, f"--out {settings.out}'s run")
         return previous
     earlier = previous is not None or settings.results.exists()
     if earlier and not settings.fresh and not settings.resume:
         raise ValueError(f"--out {settings.out} holds an earlier run: --resume to finish it, or --fresh to start over")
     snapshot = {"images": settings.images.name, "labels": settings.labels.name,
                 "teams": settings.teams.name if settings.teams else None, "local": sorted(settings.local)}
-    return RunRecord(run_id=new_run_id(), team="", cases=[], settings=snapshot)
+    return RunRecord(run_id=new_run_id(), team="", cases=[], settings=snapshot, profile=profile.identity())
 
 
 def _mark_failed(team: TeamDir, note: str) -> None:

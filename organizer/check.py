@@ -22,6 +22,7 @@ from challenge.cases import image_name, label_name
 from challenge.files import atomic_write_bytes
 from challenge.labels import MAX_LABEL
 from challenge.nifti import NiftiError, read_header, read_labels
+from challenge.profile import Profile, default
 from challenge.results import TeamDir, read_json
 from resource_monitor.hints import explain
 from resource_monitor.monitor import run_team, select_cases
@@ -55,8 +56,9 @@ class CheckSettings:
     mode: str = "flare22"  # the scoring mode for DSC and NSD
 
 
-def check_output(case: str, output: Path, image: Path) -> tuple[str | None, list[str]]:
-    """(the reason the output is invalid or None, warnings) for one collected ``output`` on ``image``'s grid."""
+def check_output(case: str, output: Path, image: Path, max_label: int = MAX_LABEL) -> tuple[str | None, list[str]]:
+    """(the reason the output is invalid or None, warnings) for one collected ``output`` on ``image``'s grid;
+    labels 0..``max_label`` (the profile's highest label) are valid."""
     try:
         header = read_header(output)
         grid, expected = header.geometry(), read_header(image).geometry()
@@ -66,9 +68,9 @@ def check_output(case: str, output: Path, image: Path) -> tuple[str | None, list
     if mismatch is not None:
         return f"grid differs from the input's: {mismatch}", []
     warnings = [] if header.stored == np.uint8 else [f"stored as {header.stored}; uint8 is expected"]
-    _, issues = read_labels(output, expected)
+    _, issues = read_labels(output, expected, max_label=max_label)
     if issues.outside or issues.non_integer:
-        return (f"label values must be integers 0..{MAX_LABEL}: {issues.outside} voxels outside, "
+        return (f"label values must be integers 0..{max_label}: {issues.outside} voxels outside, "
                 f"{issues.non_integer} not integers"), warnings
     return None, warnings
 
@@ -79,8 +81,10 @@ def _missing_output(case: str, record: dict) -> str:
     return f"expected {label_name(case)}, found {shown}" if found else f"expected {label_name(case)}, found nothing"
 
 
-def judge(case: str, team: TeamDir, images: Path, labels: Path | None, mode: str = "flare22") -> Verdict:
-    """The verdict on one case of a finished run."""
+def judge(case: str, team: TeamDir, images: Path, labels: Path | None, mode: str = "flare22",
+          profile: Profile | None = None) -> Verdict:
+    """The verdict on one case of a finished run, under ``profile``'s labels (default flare22)."""
+    profile = profile or default()
     record = read_json(team.case_record(case))
     status, time_s = record["status"], record["flare22"]["Time"]
     if status != "ok":
@@ -88,12 +92,12 @@ def judge(case: str, team: TeamDir, images: Path, labels: Path | None, mode: str
         lines = explain(case, status, record.get("log_tail", []))
         return Verdict(case, False, reason, details=lines[1:], time_s=time_s)
     output = team.outputs / label_name(case)
-    reason, warnings = check_output(case, output, images / image_name(case))
+    reason, warnings = check_output(case, output, images / image_name(case), profile.max_label)
     verdict = Verdict(case, reason is None, reason or "", warnings=warnings, time_s=time_s)
     if verdict.passed and labels is not None and (labels / label_name(case)).is_file():
         from evaluator.scoring import score_case
 
-        score = score_case(labels / label_name(case), output, mode)
+        score = score_case(labels / label_name(case), output, mode, profile=profile)
         verdict.scores = f"DSC {score.dsc_mean:.3f}, NSD {score.nsd_mean:.3f}"
     return verdict
 
@@ -102,7 +106,8 @@ def run_check(settings: CheckSettings, docker_client=None) -> list[Verdict]:
     """Run the submission on every case, then judge each; writes the JUnit report when asked."""
     result = run_team(settings.run, docker_client)
     cases = list(select_cases(settings.run.inputs, settings.run.cases_glob))  # this run's, not older records
-    verdicts = [judge(case, result.team, settings.run.inputs, settings.labels, settings.mode) for case in cases]
+    verdicts = [judge(case, result.team, settings.run.inputs, settings.labels, settings.mode, settings.run.profile)
+                for case in cases]
     if settings.junit is not None:
         write_junit(verdicts, settings.junit, suite=f"flare-check {settings.run.team}")
     return verdicts

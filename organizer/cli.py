@@ -10,6 +10,7 @@ from pathlib import Path
 
 from challenge.cli import (
     Parser,
+    add_cohorts,
     add_images,
     add_labels,
     add_out,
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(p)
     add_scoring_options(p)
     add_ranking_options(p)
+    add_cohorts(p)
     add_cluster_options(p)
     c = p.add_argument_group("on a cluster (docs/scale.md)")
     c.add_argument("--calibration-tolerance", type=bounded(float, low=0, strict_low=True), default=0.10,
@@ -105,9 +107,9 @@ CHECK_EPILOG = """\
 Runs the submission on every <Case>_0000.nii.gz of IMAGES_DIR exactly as the organizers' run does (the
 same sandboxed container, limits and case folders: `python -m resource_monitor run`), then checks each
 output against its input: the name (<Case>.nii.gz), a readable 3D NIfTI on exactly the input's grid
-(size, spacing, origin, direction), label values 0..13 (uint8 expected), and with --labels its DSC and
-NSD. One verdict line per case; a failed run also shows the last lines of its log and a hint when it
-matches a sandbox rule (read-only inputs, no network, sh not bash, no GPU, memory, time).
+(size, spacing, origin, direction), label values 0..13 (0..14 under --profile flare23; uint8 expected),
+and with --labels its DSC and NSD. One verdict line per case; a failed run also shows the last lines of
+its log and a hint when it matches a sandbox rule (read-only inputs, no network, sh not bash, no GPU, memory, time).
 
 Exit codes: 0 every case passed, 1 some case failed (so it can gate CI), 2 bad arguments or a refused
 archive, 3 a host fault, 130 interrupted (docs/cli.md). --junit FILE writes a JUnit XML report.
@@ -149,12 +151,13 @@ def _team(text: str) -> str:
 
 def main_check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``organizer check``: the run, the verdicts, the exit code."""
-    from resource_monitor.cli import docker_client
+    from resource_monitor.cli import check_run_options, docker_client
 
     require_folder(parser, args.images, "--images")
     require_folder(parser, args.labels, "--labels")
     if args.archive is not None and not args.archive.is_file():
         parser.error(f"--archive {args.archive}: no such file")
+    check_run_options(parser, args)
     client = docker_client(parser)
     return run_command("flare-check", lambda: _check(args, client), resume_hint="rerun the same command")
 
@@ -201,10 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return main_check(parser, args)
     from challenge.cases import list_images
-    from evaluator.cli import ranking_settings
-    from evaluator.leaderboard import LeaderboardSettings, check_ground_truth
+    from evaluator.cli import leaderboard_settings
+    from evaluator.cohorts import read_cohorts
+    from evaluator.leaderboard import check_ground_truth
     from organizer.challenge_run import ChallengeSettings, find_archives, prepare
-    from resource_monitor.cli import run_settings
+    from resource_monitor.cli import check_run_options, run_settings
 
     _old_cases_folder(args)
     if args.images is None:
@@ -215,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         require_folder(parser, folder, flag)
     if not list_images(args.images):
         parser.error(f"--images {args.images}: no <Case>_0000.nii.gz images")
+    check_run_options(parser, args)
     try:
-        check_ground_truth(args.labels, args.max_voxels)  # before hours of runs, not after
+        cases = check_ground_truth(args.labels, args.max_voxels)  # before hours of runs, not after
+        if args.cohorts is not None:
+            read_cohorts(args.cohorts, cases)
     except ValueError as err:
         parser.error(str(err))
     if args.teams is not None and not find_archives(args.teams) and not args.local:
@@ -224,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     monitor = run_settings(args, images=args.images, results=args.out / "results")
     settings = ChallengeSettings(images=args.images, labels=args.labels, out=args.out, teams=args.teams,
                                  local=dict(args.local), monitor=monitor,
-                                 leaderboard=LeaderboardSettings(args.mode, args.workers, ranking_settings(args),
-                                                                 args.max_voxels, args.title),
+                                 leaderboard=leaderboard_settings(args),
                                  resume=args.resume, fresh=args.fresh, cluster=cluster_spec(args),
                                  strict_hosts=args.strict_hosts, tolerance=args.calibration_tolerance,
                                  calibration_image=args.calibration_image)

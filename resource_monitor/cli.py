@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import tempfile
 from pathlib import Path
 
-from challenge import rules
 from challenge.cli import (
     Parser,
     add_cases,
     add_images,
+    add_profile,
     add_verbosity,
     bounded,
     configure_logging,
@@ -93,11 +94,15 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("how each case runs")
     g.add_argument("--gpu", type=_gpu, default=AUTO_GPU, metavar="INDEX|auto|none",
                    help="GPU index for docker and NVML (default auto: 0 if an NVIDIA GPU is present, else none)")
-    g.add_argument("--timeout", type=_positive, default=rules.TIME_LIMIT_S, help="seconds per case (default 3600)")
-    g.add_argument("--interval", type=_positive, default=rules.SAMPLE_INTERVAL_S, help="sampling period (0.1 s)")
-    g.add_argument("--memory", type=_size, default="28g", help="container memory limit, no swap (default 28g)")
-    g.add_argument("--shm-size", type=_size, default="28g", help="container /dev/shm size (default 28g)")
-    g.add_argument("--cpus", type=_positive, help="CPU quota in cores (default: none)")
+    add_profile(g)
+    g.add_argument("--timeout", type=_positive, help="seconds per case (default: the profile's; flare22 3600)")
+    g.add_argument("--interval", type=_positive, help="sampling period (default: the profile's; flare22 0.1 s)")
+    g.add_argument("--memory", type=_size,
+                   help="container memory limit, no swap (default: the profile's; flare22 28g)")
+    g.add_argument("--shm-size", type=_size, help="container /dev/shm size (default: the profile's; flare22 28g)")
+    g.add_argument("--cpus", type=_positive,
+                   help="CPU quota in cores (default: the profile's; flare22 none); local mode: the command is "
+                        "pinned to that many cores")
     add_cases(g)
     g.add_argument("--writable-inputs", action="store_true", help="mount the per-case input copy read-write")
     g.add_argument("--user", type=_user, metavar="UID:GID",
@@ -119,14 +124,29 @@ def run_settings(args: argparse.Namespace, *, images: Path, results: Path, team:
     from resource_monitor.gpu import default_gpu_index
     from resource_monitor.settings import RunSettings
 
-    gpu = default_gpu_index() if args.gpu == AUTO_GPU else args.gpu
+    profile, box = args.profile, args.profile.container
+    # A profile without a GPU (a CPU track): none requested, none sampled.
+    gpu = None if not box.gpu else default_gpu_index() if args.gpu == AUTO_GPU else args.gpu
     limits = DiskLimits(output_bytes=args.max_output_mib * MIB, layer_bytes=args.max_layer_mib * MIB)
     return RunSettings(inputs=images, results=results, team=team, image=image, command=command, gpu=gpu,
-                       timeout_s=args.timeout, interval_s=args.interval, memory=args.memory,
-                       shm_size=args.shm_size, cpus=args.cpus, cases_glob=args.cases,
+                       timeout_s=args.timeout or box.timeout_s,
+                       interval_s=args.interval or profile.efficiency.interval_s,
+                       memory=args.memory or box.memory, shm_size=args.shm_size or box.shm_size,
+                       cpus=args.cpus or box.cpus or None, cases_glob=args.cases,
                        writable_inputs=args.writable_inputs, user=args.user, read_only_root=args.read_only_root,
-                       resume=resume, fresh=fresh, limits=limits,
-                       plots=not args.no_plots)
+                       resume=resume, fresh=fresh, limits=limits, plots=not args.no_plots, profile=profile)
+
+
+def check_run_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One-line errors (exit 2) for run options this host or the profile cannot honour: a CPU quota above the
+    host's cores, a GPU index under a profile without a GPU."""
+    box = args.profile.container
+    cpus = args.cpus or box.cpus
+    if cpus and cpus > (os.cpu_count() or 1):
+        parser.error(f"--cpus {cpus:g} (profile {args.profile.name}: {box.cpus:g}): this host has only "
+                     f"{os.cpu_count()} cores; give a smaller --cpus")
+    if not box.gpu and args.gpu not in (None, AUTO_GPU):
+        parser.error(f"--gpu {args.gpu}: profile {args.profile.name} is a track without a GPU")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     from resource_monitor.monitor import MonitorError, select_cases
 
     require_folder(parser, args.images, "--images")
+    check_run_options(parser, args)
     if args.archive is not None and not args.archive.is_file():
         parser.error(f"--archive {args.archive}: no such file")
     try:

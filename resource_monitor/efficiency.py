@@ -9,6 +9,9 @@ flare22 (efficiency.csv): the official load_json.py definitions (JunMa11/FLARE, 
   Time     = seconds from the sampler's start to the target's exit (the official Time also included the
              `--rm` teardown, a few tens of ms; each case record keeps that as time_s_with_teardown)
   a timed-out case gets Time 3600, AUC_GPU_Time_tol2G 29491200 and AUC_CPU_Time 360000.
+  Every constant above is the challenge profile's ``[efficiency]`` (challenge.profile; flare22's by default):
+  the interval, the GPU peak ("stable_max", or FLARE23's "raw_max"), the tolerance, the "+0.1", and a
+  timed-out case's figures (the penalties of the ranked efficiency.csv columns).
   Rounding as load_json.py did (np.round): Time, CPU_Utilization, AUC_CPU_Time, RAM to 2 decimals;
   GPU_Mem, AUC_GPU_Time, AUC_RAM_Time to 0; AUC_GPU_Time_tol2G (not in load_json.py) to 2.
 accurate (efficiency_accurate.csv): the target's own resources, integrated with the trapezoid rule over
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from challenge import rules
+from challenge.profile import Efficiency, default
 from resource_monitor.sampling import Series
 
 FLARE22_COLUMNS = ["Name", "Time", "GPU_Mem", "AUC_GPU_Time", "AUC_GPU_Time_tol2G", "CPU_Utilization",
@@ -45,47 +48,60 @@ class Timeline:
     created: float | None = None  # the container exists (docker create returned); None in local mode
 
 
-def official_cpu_percent(series: Series) -> np.ndarray:
-    """Per-sample "used" CPU % with the official formula and its +0.1 s denominator bias."""
+def official_cpu_percent(series: Series, bias: float | None = None) -> np.ndarray:
+    """Per-sample "used" CPU % with the official formula and its +0.1 s denominator bias (``bias``)."""
     times = np.array([series.cpu_before, *series.cpu_times], dtype=float)
     d = np.diff(times, axis=0)  # (n, 3): user, system, idle
-    idle_pct = 100.0 * d[:, 2] / (d.sum(axis=1) + rules.CPU_DENOMINATOR_BIAS)
+    bias = default().efficiency.cpu_denominator_bias if bias is None else bias
+    idle_pct = 100.0 * d[:, 2] / (d.sum(axis=1) + bias)
     return 100.0 - idle_pct
 
 
-def stable_max(values: list[float]) -> float | None:
-    """The largest value occurring in more than 2 % of the samples; the plain max if none does (the
-    official code crashed there); None for no samples."""
+def stable_max(values: list[float], fraction: float | None = None) -> float | None:
+    """The largest value occurring in more than ``fraction`` (2 %) of the samples; the plain max if none does
+    (the official code crashed there); None for no samples."""
     if not values:
         return None
+    fraction = default().efficiency.stable_max_fraction if fraction is None else fraction
     counts = Counter(values)
-    stable = [v for v, c in counts.items() if c > rules.STABLE_MAX_FRACTION * len(values)]
+    stable = [v for v, c in counts.items() if c > fraction * len(values)]
     return max(stable) if stable else max(values)
 
 
-def flare22_figures(series: Series, time_s: float, timed_out: bool) -> dict:
-    """The efficiency.csv row (without Name and status). GPU columns are None without a GPU."""
+def gpu_peak(values: list[float], rules: Efficiency) -> float | None:
+    """GPU_Mem: the stable max (FLARE22) or the raw max (FLARE23) of the samples; None for no samples."""
+    if rules.gpu_peak == "raw_max":
+        return max(values) if values else None
+    return stable_max(values, rules.stable_max_fraction)
+
+
+def flare22_figures(series: Series, time_s: float, timed_out: bool, rules: Efficiency | None = None,
+                    penalties: dict[str, float] | None = None) -> dict:
+    """The efficiency.csv row (without Name and status). GPU columns are None without a GPU. ``rules``: the
+    profile's efficiency definitions; ``penalties``: a timed-out case's figures (default: flare22's)."""
+    profile = default()
+    rules = rules or profile.efficiency
+    penalties = profile.efficiency_penalties() if penalties is None else penalties
     dt = series.interval_s
-    cpu = official_cpu_percent(series) if len(series) else np.zeros(0)
+    cpu = official_cpu_percent(series, rules.cpu_denominator_bias) if len(series) else np.zeros(0)
     ram = np.asarray(series.ram_used_mib, dtype=float)
     gpu_values = [v for v in series.gpu_device_mib if v is not None]
     has_gpu = bool(gpu_values)
     gpu = np.asarray(gpu_values, dtype=float)
-    gpu_mem = stable_max(gpu_values)  # None exactly when there is no GPU sample
+    gpu_mem = gpu_peak(gpu_values, rules)  # None exactly when there is no GPU sample
     # Rounded exactly where, and as, load_json.py rounded (np.round, half to even); tol2G is ours: 2 decimals.
     row = {
         "Time": _r(time_s, 2),
         "GPU_Mem": _r(gpu_mem, 0) if gpu_mem is not None else None,
         "AUC_GPU_Time": _r(gpu.sum() * dt, 0) if has_gpu else None,
-        "AUC_GPU_Time_tol2G": _r(np.maximum(gpu - rules.GPU_TOLERANCE_MIB, 0).sum() * dt, 2) if has_gpu else None,
+        "AUC_GPU_Time_tol2G": _r(np.maximum(gpu - rules.gpu_tolerance_mib, 0).sum() * dt, 2) if has_gpu else None,
         "CPU_Utilization": _r(cpu.max(), 2) if len(cpu) else 0.0,
         "AUC_CPU_Time": _r(cpu.sum() * dt, 2),
         "RAM": _r(ram.max(), 2) if len(ram) else 0.0,
         "AUC_RAM_Time": _r(ram.sum() * dt, 0),
     }
     if timed_out:
-        row.update(Time=rules.PENALTY_TIME_S, AUC_GPU_Time_tol2G=float(rules.PENALTY_AUC_GPU_TOL2G),
-                   AUC_CPU_Time=float(rules.PENALTY_AUC_CPU))
+        row.update({column: float(value) for column, value in penalties.items() if column in row})
     return row
 
 
@@ -102,8 +118,10 @@ def _trapezoid(t: np.ndarray, y: list[float | None]) -> tuple[float | None, floa
     return float(v.max()), float(np.trapezoid(v, t[mask])) if mask.sum() > 1 else 0.0
 
 
-def accurate_figures(series: Series, timeline: Timeline, cpu_total_s: float | None) -> dict:
-    """The efficiency_accurate.csv row (without Name and status).
+def accurate_figures(series: Series, timeline: Timeline, cpu_total_s: float | None,
+                     tolerance_mib: float | None = None) -> dict:
+    """The efficiency_accurate.csv row (without Name and status). ``tolerance_mib``: the profile's GPU
+    tolerance (default flare22's 2048) for ``gpu_device_auc_tol2g_mib_s``.
 
     ``cpu_total_s``: the target's CPU time (core-seconds) over its whole life where the runner knows it
     exactly (e.g. a process's final rusage); else the last cgroup/process-tree reading is used.
@@ -121,7 +139,8 @@ def accurate_figures(series: Series, timeline: Timeline, cpu_total_s: float | No
     mem_peak, mem_auc = _trapezoid(t, series.target_memory_mib)
     gp_peak, gp_auc = _trapezoid(t, series.gpu_process_mib)
     gd_peak, gd_auc = _trapezoid(t, series.gpu_device_mib)
-    tol = [None if v is None else max(0.0, v - rules.GPU_TOLERANCE_MIB) for v in series.gpu_device_mib]
+    tolerance = default().efficiency.gpu_tolerance_mib if tolerance_mib is None else tolerance_mib
+    tol = [None if v is None else max(0.0, v - tolerance) for v in series.gpu_device_mib]
     _, gd_tol = _trapezoid(t, tol)
     return {
         "create_s": None if timeline.created is None else round(timeline.created, 4),

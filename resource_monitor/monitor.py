@@ -17,7 +17,6 @@ case whose monitor was killed outright, and the next run removes what a dead run
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fnmatch
 import logging
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from challenge.cases import list_images
 from challenge.files import atomic_write_text
+from challenge.profile import ProfileError, check_same
 from challenge.results import (
     RunRecord,
     TeamDir,
@@ -187,7 +187,7 @@ def run_case(case: str, image: Path, runner: CaseRunner, settings: RunSettings, 
 
     OSError from writing the results (e.g. a full disk) and HostFault propagate: the case stays unfinished.
     """
-    team = settings.team_dir
+    team, rules = settings.team_dir, settings.profile
     with _case_folder(case, watchdog) as work:
         in_dir, out_dir = _stage(work, image, settings.writable_inputs)
         sampler = Sampler(settings.interval_s, gpu)
@@ -219,10 +219,12 @@ def run_case(case: str, image: Path, runner: CaseRunner, settings: RunSettings, 
         "log_file": team.case_log(case).name,
         "unexpected_outputs": collected.unexpected, "unexpected_outputs_count": collected.unexpected_count,
         "params": outcome.params, **outcome.extra,
-        "flare22": flare22_figures(series, time_s, outcome.timed_out),
-        "accurate": accurate_figures(series, outcome.timeline, outcome.cpu_total_s),
+        "flare22": flare22_figures(series, time_s, outcome.timed_out, rules.efficiency, rules.efficiency_penalties()),
+        "accurate": accurate_figures(series, outcome.timeline, outcome.cpu_total_s,
+                                     rules.efficiency.gpu_tolerance_mib),
         "series": series.to_json(),
-        "cpu_percent": official_cpu_percent(series).round(3).tolist() if len(series) else [],
+        "cpu_percent": official_cpu_percent(series, rules.efficiency.cpu_denominator_bias).round(3).tolist()
+        if len(series) else [],
         "host_load": {"other_cores": other_cores(series, _target_core_s(outcome, series)),
                       "load1": os.getloadavg()[0]},
     }
@@ -259,7 +261,7 @@ def _runner(settings: RunSettings, run_id: str, docker_client) -> tuple[CaseRunn
     """The case runner of ``settings``, the image's description (None in local mode) and the Docker client.
     MonitorError when the image is missing (before any case); HostFault when the engine does not answer."""
     if settings.command:
-        return LocalRunner(settings.command), None, None
+        return LocalRunner(settings.command, cpus=settings.cpus), None, None
     import docker
 
     if settings.image is None:
@@ -285,16 +287,20 @@ def _run_record(settings: RunSettings, cases: list[str]) -> RunRecord:
     the results of two runs are never mixed."""
     team = settings.team_dir
     previous = read_run(team) if settings.resume else None
-    snapshot = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()}
+    snapshot = settings.snapshot()
     if previous is not None:
-        previous.settings, previous.cases = snapshot, cases
+        try:
+            check_same(settings.profile, {"profile": previous.profile}, f"{team.path}'s run")
+        except ProfileError as err:
+            raise MonitorError(str(err)) from None
+        previous.settings, previous.cases, previous.profile = snapshot, cases, settings.profile.identity()
         return previous
     if holds_a_run(team):
         if not settings.fresh:
             raise MonitorError(f"{team.path} holds an earlier run: --resume to finish it, or --fresh to start over")
         shutil.rmtree(team.path)
     return RunRecord(run_id=settings.run_id or new_run_id(), team=settings.team, cases=cases, settings=snapshot,
-                     command=settings.command)
+                     command=settings.command, profile=settings.profile.identity())
 
 
 def _results_fault(err: OSError, team: TeamDir) -> HostFault:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import resource
@@ -149,7 +150,7 @@ class DockerRunner:
         s = self.settings
         name = re.sub(r"[^a-zA-Z0-9_.-]", "-", f"flare-{s.team}-{case}-{self.run_id[:8]}")[:120]
         params = {
-            "image": self.image, "command": list(rules.CONTAINER_COMMAND), "name": name,
+            "image": self.image, "command": list(s.profile.container.command), "name": name,
             "network_mode": "none", "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
             "pids_limit": s.pids_limit, "mem_limit": s.memory, "memswap_limit": s.memory,
             "shm_size": s.shm_size, "privileged": False,
@@ -215,7 +216,8 @@ class DockerRunner:
             if not _cannot_run(err):
                 raise
             return Outcome(None, False, False, "", Timeline(now(), now(), created), params,
-                           error=f"the image cannot run {' '.join(rules.CONTAINER_COMMAND)!r}: {one_line(err, 200)}")
+                           error=f"the image cannot run {' '.join(self.settings.profile.container.command)!r}: "
+                                 f"{one_line(err, 200)}")
         started = now()
         container.reload()
         try:
@@ -290,16 +292,27 @@ def _tail_bytes(data: bytes, limit: int) -> str:
 class LocalRunner:
     """Runs a host command per case, e.g. ``python -m predictor -i {inputs} -o {outputs}``, in its own
     process group (killed whole on timeout, on a disk cap, or on Ctrl-C of the monitor). No sandbox: for
-    development and hosts without Docker."""
+    development and hosts without Docker. ``cpus``: a CPU quota in cores, applied as the CPU affinity of the
+    command (``taskset``: pinned to ceil(cpus) of the cores this process may use); None: no quota."""
 
-    def __init__(self, command: str):
-        self.command = command
+    def __init__(self, command: str, cpus: float | None = None):
+        self.command, self.cpus = command, cpus
+
+    def cores(self) -> list[int] | None:
+        """The cores the command is pinned to; None without a quota."""
+        if not self.cpus:
+            return None
+        allowed = sorted(os.sched_getaffinity(0))
+        return allowed[:max(1, math.ceil(self.cpus))]
 
     def run(self, case: str, in_dir: Path, out_dir: Path, ctx: CaseContext) -> Outcome:
         # Plain replacement, not str.format: other braces in the command (a dict literal) stay as they are.
         argv = [a.replace("{inputs}", str(in_dir)).replace("{outputs}", str(out_dir))
                 for a in shlex.split(self.command)]
-        params = {"argv": argv, "timeout_s": ctx.timeout_s}
+        cores = self.cores()
+        if cores is not None:
+            argv = ["taskset", "--cpu-list", ",".join(map(str, cores)), *argv]
+        params = {"argv": argv, "timeout_s": ctx.timeout_s, "cpu_cores": cores}
         now = lambda: time.monotonic() - ctx.sampler.t0  # noqa: E731
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         # The child's output goes to an unnamed temporary file (never a results file), read back at exit.

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from challenge import rules
+from challenge.profile import Profile, default
 from challenge.results import TeamDir, team_dir
 from resource_monitor.guard import DiskLimits
 
@@ -41,7 +42,16 @@ class RunSettings:
     log_max_bytes: int = 50 << 20  # the log kept of a case, in either mode
     listed_outputs: int = 50  # unexpected output names kept in the case record (the rest are counted)
     plots: bool = True
+    profile: Profile = field(default_factory=default)  # the challenge's command, efficiency rules, penalties
     extra: dict = field(default_factory=dict)
+
+    def snapshot(self) -> dict:
+        """These settings as plain JSON values for run.json (paths as text; the profile as its name and hash)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "profile"}
+        plain = asdict(replace(self, profile=default()))  # nested dataclasses (the limits) as dicts
+        out = {k: str(v) if isinstance(v, Path) else plain[k] for k, v in values.items()}
+        out["profile"] = self.profile.identity()
+        return out
 
     @property
     def team_dir(self) -> TeamDir:
