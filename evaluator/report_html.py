@@ -46,6 +46,7 @@ from evaluator.report_facts import (
 )
 from evaluator.report_plots import (
     GPU_LABEL,
+    GPU_METRIC,
     curves_plot,
     efficiency_plot,
     gpu_used,
@@ -367,9 +368,11 @@ def efficiency_section(data: ReportData, facts: dict[str, TeamFacts], colours: d
     ranking = data.ranking
     with_gpu = gpu_used(ranking)
     shown = teams_with_ok_cases(ranking)
-    parts = ["<p>The ranked efficiency figures (Time, GPU AUC above 2 GiB, CPU AUC) of every case that ran ok, "
-             "per case and team. Penalised cases take the official worst values and are not drawn.</p>"]
-    if not with_gpu:
+    ranked = [m.name for m in data.profile.metrics if m.table == "efficiency"]
+    names = ", ".join(html.escape(header(m)) for m in ranked)
+    parts = [f"<p>The ranked efficiency figures ({names}) of every case that ran ok, per case and team. "
+             "Penalised cases take the official worst values and are not drawn.</p>"]
+    if not with_gpu and GPU_METRIC in ranked:
         why = ("no case that ran ok went above the 2 GiB GPU tolerance"
                if any(f.gpu_mem_mib is not None for f in facts.values())
                else "no GPU figure was recorded on any case (no GPU on the host)")
@@ -379,7 +382,7 @@ def efficiency_section(data: ReportData, facts: dict[str, TeamFacts], colours: d
     if left_out:
         parts.append("<p>Not drawn, with no case that ran ok: "
                      f"{', '.join(html.escape(t) for t in left_out)}.</p>")
-    parts.append(img(efficiency_plot(ranking, colours, with_gpu), "Time, GPU AUC and CPU AUC per case and team"))
+    parts.append(img(efficiency_plot(ranking, colours, with_gpu), "The ranked efficiency figures per case and team"))
     return "\n".join(parts)
 
 

@@ -124,7 +124,7 @@ def efficiency_plot(ranking: Ranking, colours: dict[str, tuple], with_gpu: bool)
                        edgecolor="black", linewidth=0.4, zorder=3)
         top = float(ok[metric].max()) if len(ok) else 0.0
         ax.set_ylim(0, top * 1.12 if top > 0 else 1)
-        ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}" if top >= 10 else "{x:,.2f}"))
         ax.set_ylabel(EFFICIENCY_PANELS[metric])
         ax.grid(alpha=0.3)
     bottom = axes[-1, 0]
