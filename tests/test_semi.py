@@ -1,6 +1,8 @@
 """Semi-supervised training (predictor.training.semi via python -m predictor.train --unlabeled): RUN_DIR layout,
-selection by --keep, resume (finished rounds skipped; an interrupted network continues from its last
-epoch; Ctrl-C exits 130 saying to rerun), and bad unlabeled data stopping the run with one line naming the file."""
+selection by --keep and --filter (stability, disagreement between the inference scales, uncertainty), the
+labeled-only control (--labeled-share 1), the wide teacher (--teacher big --teacher-width), warm start, resume
+(finished rounds skipped; an interrupted network continues from its last epoch; Ctrl-C exits 130 saying to
+rerun), and bad unlabeled data stopping the run with one line naming the file."""
 
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from phantoms.generate import PhantomConfig, generate_case, write_case
 from predictor.network import UNetConfig
 from predictor.pipeline import Predictor
 from predictor.training import loop
-from predictor.training.config import NetTraining
-from predictor.training.semi import case_weights, select, stability
+from predictor.training.config import NetTraining, SemiConfig
+from predictor.training.semi import Measures, case_weights, scale_measures, select, stability, trained_in_round
 
 SMALL = PhantomConfig(shape=(64, 64, 32))
 
@@ -51,10 +53,10 @@ def resumed_run(data, tmp_path_factory):
     """--rounds 1 (rounds 0 and 1), then the same --out with --rounds 2: round 2 only is added."""
     lab, unl = data
     out = tmp_path_factory.mktemp("run") / "run"
-    first = _train(lab, unl, out, "--rounds", "1", "--keep", "0.67")
+    first = _train(lab, unl, out, "--rounds", "1", "--keep", "0.67", "--filter", "stability")
     assert first.returncode == 0, first.stderr[-2000:]
     mtimes = {k: (out / f"round_{k}" / "weights" / "fine.pt").stat().st_mtime_ns for k in (0, 1)}
-    second = _train(lab, unl, out, "--rounds", "2", "--keep", "0.67")
+    second = _train(lab, unl, out, "--rounds", "2", "--keep", "0.67", "--filter", "stability")
     assert second.returncode == 0, second.stderr[-2000:]
     return out, mtimes, second.stderr
 
@@ -79,8 +81,10 @@ def test_select_keeps_the_most_stable_fraction():
     scores = {f"C{i}": s for i, s in enumerate([0.5, 0.1, 0.9, 0.3, 0.2])}
     chosen = select(scores, set(), keep=0.6)
     assert sorted(c for c, (kept, _) in chosen.items() if kept) == ["C1", "C3", "C4"]
-    assert select({"A": 0.1, "B": 0.2}, {"B"}, keep=1.0) == {"A": (True, "stable"),
+    assert select({"A": 0.1, "B": 0.2}, {"B"}, keep=1.0) == {"A": (True, "best stability"),
                                                              "B": (False, "empty pseudo-label")}
+    assert select({"A": 0.3, "B": 0.2}, set(), keep=0.5, measure="disagreement") == {
+        "A": (False, "worst disagreement"), "B": (True, "best disagreement")}
     assert all(kept for kept, _ in select({"A": None, "B": None}, set(), keep=0.5).values())
 
 
@@ -93,13 +97,6 @@ def test_labeled_share_weights_the_labeled_scans():
     assert case_weights(2, 2, 0.5) is None  # round 0: labeled only
     draws = np.random.default_rng(0).choice(10, size=4000, p=w)
     assert 0.45 < np.mean(draws < 2) < 0.55
-
-
-def test_labeled_share_out_of_range_is_a_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "predictor.train", "--images", str(tmp_path), "--labels",
-                           str(tmp_path), "--unlabeled", str(tmp_path), "--out", str(tmp_path / "o"),
-                           "--labeled-share", "1.5"], capture_output=True, text=True)
-    assert proc.returncode == 2 and "--labeled-share" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_run_dir_layout_selection_and_export(resumed_run, data):
@@ -144,18 +141,96 @@ def test_rerun_skips_finished_rounds(resumed_run):
 
 
 def test_big_teacher_makes_pseudo_labels_small_model_is_exported(data, tmp_path):
+    """--teacher big --teacher-width 1.5: the teacher (1.5x the base channels) is trained where a next round
+    uses its pseudo-labels (round 0 of 1), the small model in every round (warm start) and exported."""
     lab, unl = data
     out = tmp_path / "run"
-    proc = _train(lab, unl, out, "--rounds", "1", "--teacher", "big")
+    proc = _train(lab, unl, out, "--rounds", "1", "--teacher", "big", "--teacher-width", "1.5")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for k in (0, 1):
-        teacher = json.loads((out / f"round_{k}" / "teacher" / "config.json").read_text())
-        small = json.loads((out / f"round_{k}" / "weights" / "config.json").read_text())
-        assert teacher["fine"]["base"] == 2 * small["fine"]["base"]
-        assert teacher["coarse"]["base"] == 2 * small["coarse"]["base"]
+    teacher = json.loads((out / "round_0" / "teacher" / "config.json").read_text())
+    small = json.loads((out / "round_0" / "weights" / "config.json").read_text())
+    assert teacher["fine"]["base"] == 24 == 1.5 * small["fine"]["base"]
+    assert teacher["coarse"]["base"] == 12 == 1.5 * small["coarse"]["base"]
+    assert not (out / "round_1" / "teacher").exists()  # no round 2 would use its pseudo-labels
     assert json.loads((out / "weights" / "config.json").read_text())["fine"] == small["fine"]
     assert len(_selection(out / "round_1" / "selection.csv")) == 3
     Predictor.load(out / "weights", device="cpu")
+
+
+def test_distillation_without_warm_start_skips_the_unused_small_model(data, tmp_path):
+    """FLARE22's recipe (--teacher big --no-warm-start --rounds 1): round 0 trains the teacher only, round 1
+    the small student from scratch on its pseudo-labels, selected by the default filter."""
+    lab, unl = data
+    out = tmp_path / "run"
+    proc = _train(lab, unl, out, "--rounds", "1", "--teacher", "big", "--no-warm-start", "--keep", "0.67")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "round_0" / "teacher" / "fine.pt").is_file() and not (out / "round_0" / "weights").exists()
+    assert (out / "weights" / "fine.pt").read_bytes() == (out / "round_1" / "weights" / "fine.pt").read_bytes()
+    rows = _selection(out / "round_1" / "selection.csv")
+    assert set(rows[0]) == {"Name", "score", "kept", "reason", "stability", "disagreement", "uncertainty"}
+    assert all(r["score"] == r[SemiConfig.filter] and r["stability"] == "" for r in rows)
+    nonempty = [r for r in rows if r["reason"] != "empty pseudo-label"]
+    kept = [r for r in rows if r["kept"] == "1"]
+    assert len(kept) == (max(1, math.floor(0.67 * len(nonempty) + 0.5)) if nonempty else 0)
+    if len(nonempty) == 3:  # the best-scored cases are the kept ones
+        assert max(float(r["score"]) for r in kept) <= min(float(r["score"]) for r in rows if r["kept"] == "0")
+    for r in rows:
+        side = json.loads((out / "round_1" / "measures" / f"{r['Name']}.json").read_text())
+        assert r["disagreement"] == f"{side['disagreement']:.6f}" and 0 <= side["uncertainty"] <= 1
+
+
+def test_labeled_share_one_is_the_equal_steps_control(data, tmp_path):
+    """--labeled-share 1: round 1 makes no pseudo-labels and trains on the labeled scans only, from round 0's
+    weights (warm start, the default): the labeled-only model trained on for the same steps."""
+    lab, unl = data
+    out = tmp_path / "run"
+    proc = _train(lab, unl, out, "--rounds", "1", "--labeled-share", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (out / "round_1" / "pseudo").exists() and not (out / "round_1" / "selection.csv").exists()
+    done = json.loads((out / "round_1" / "done.json").read_text())
+    assert "pseudo_kept" not in done and done["labeled"] == 3
+    before = torch.load(out / "round_0" / "weights" / "fine.pt", weights_only=False)
+    after = torch.load(out / "round_1" / "weights" / "fine.pt", weights_only=False)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # trained on, not copied
+
+
+def test_scale_measures_disagreement_and_uncertainty():
+    certain = torch.zeros(3, 2, 2, 2)
+    certain[0] = 1.0
+    certain[1, 0, 0, :] = 1.0  # two voxels organ 1 ...
+    certain[0, 0, 0, :] = 0.0
+    other = certain.clone()
+    other[:, 0, 0, 1] = torch.tensor([0.0, 0.0, 1.0])  # ... the second scale calls one of them organ 2
+    disagreement, uncertainty = scale_measures([certain, other])
+    assert disagreement == pytest.approx(1 / 2)  # union of organ voxels 2, one differs
+    assert uncertainty == pytest.approx(1 - (1.0 + 0.5) / 2)  # mean max-probability over the organ voxels
+    assert scale_measures([certain]) == (None, pytest.approx(0.0))
+    assert scale_measures([certain, torch.nn.functional.interpolate(certain[None], size=(4, 4, 4))[0]])[0] == 0.0
+    background = torch.zeros(3, 2, 2, 2)
+    background[0] = 1.0
+    assert scale_measures([background, background]) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="filter"):
+        Measures().get("entropy")
+
+
+def test_which_models_a_round_trains():
+    unl = SemiConfig(unlabeled=None, rounds=2, teacher="big", warm_start=False)  # type: ignore[arg-type]
+    assert [trained_in_round("teacher", k, unl) for k in range(3)] == [True, True, False]
+    assert [trained_in_round("small", k, unl) for k in range(3)] == [False, False, True]
+    warm = SemiConfig(unlabeled=None, rounds=2, teacher="big")  # type: ignore[arg-type]
+    assert all(trained_in_round("small", k, warm) for k in range(3))
+    assert all(trained_in_round("small", k, SemiConfig(unlabeled=None, rounds=2, warm_start=False))  # type: ignore[arg-type]
+               for k in range(3))
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--teacher-width", "0.5"), ("--filter", "entropy"),
+                                             ("--labeled-share", "1.5")])
+def test_semi_option_out_of_range_is_a_one_line_error(tmp_path, flag, value):
+    proc = subprocess.run([sys.executable, "-m", "predictor.train", "--images", str(tmp_path), "--labels",
+                           str(tmp_path), "--unlabeled", str(tmp_path), "--out", str(tmp_path / "o"),
+                           flag, value], capture_output=True, text=True)
+    assert proc.returncode == 2 and flag in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "o").exists()
 
 
 def test_killed_run_continues_from_its_checkpoint(data, tmp_path):

@@ -29,7 +29,7 @@ from ..pipeline import PipelineConfig, resolve_device, set_cpu_threads
 from .config import EPOCHS, RunConfig, SemiConfig, TrainConfig, train_config
 from .data import DataError
 from .loop import train
-from .semi import run_semi
+from .semi import FILTERS, run_semi
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,12 @@ SHIPPED_COMMAND = """\
 
 EPILOG = ("Examples:\n" + SHIPPED_COMMAND + "\n\n  # a quick smoke run:\n"
           "  python -m predictor.train --images d/images --labels d/labels --out runs/smoke --epochs 1\n\n"
-          "  # semi-supervised: 3 pseudo-label rounds on unlabeled scans, keep the 90 % most stable;\n"
-          "  # rerun the same command to resume (RUN_DIR layout: predictor/training/semi.py)\n"
+          "  # semi-supervised: one pseudo-label round on unlabeled scans, the 70 % most confident kept,\n"
+          "  # warm start, half the patches from the labeled scans; compare with --labeled-share 1 (the\n"
+          "  # same steps on the labeled scans only); rerun the same command to resume (RUN_DIR layout:\n"
+          "  # predictor/training/semi.py)\n"
           "  python -m predictor.train --images d/images --labels d/labels --unlabeled u/images \\\n"
-          "      --out runs/semi --rounds 3 --keep 0.9 [--teacher big]\n\n"
+          "      --out runs/semi [--rounds 1 --filter uncertainty --keep 0.7 --labeled-share 0.5]\n\n"
           "Use the result: python -m predictor -i IN -o OUT --weights RUN_DIR/weights\n"
           "Exit codes: 0 exported, 2 bad arguments or data (nothing written), 1 the run failed,\n"
           "130 interrupted (with --unlabeled rerun to resume; plain training starts over).")
@@ -105,18 +107,30 @@ def _add_semi_options(p: argparse.ArgumentParser) -> None:
     semi = p.add_argument_group(
         "semi-supervised (only with --unlabeled; see predictor/training/semi.py for the RUN_DIR layout)")
     semi.add_argument("--unlabeled", type=Path, help="folder of unlabeled <Case>_0000.nii.gz to pseudo-label")
-    semi.add_argument("--rounds", type=int, default=3,
-                      help="pseudo-label rounds after round 0 (labeled only); default 3")
-    semi.add_argument("--keep", type=float, default=0.9,
-                      help="fraction of pseudo-labeled cases kept per round, most stable first (default 0.9)")
-    semi.add_argument("--teacher", choices=("small", "big"), default="small",
-                      help="big: a wider teacher makes the pseudo-labels, the small model is distilled from them")
-    semi.add_argument("--labeled-share", type=float, default=0.0,
+    semi.add_argument("--rounds", type=int, default=SemiConfig.rounds,
+                      help=f"pseudo-label rounds after round 0 (labeled only); default {SemiConfig.rounds}")
+    semi.add_argument("--filter", choices=FILTERS, default=SemiConfig.filter,
+                      help="the measure that ranks each pseudo-label for --keep, 0 = best: stability (labels "
+                           "changed since the previous round; round 1 keeps all), disagreement (between the two "
+                           "inference scales), uncertainty (1 - mean max-probability over the organs); "
+                           f"default {SemiConfig.filter}")
+    semi.add_argument("--keep", type=float, default=SemiConfig.keep,
+                      help=f"fraction of pseudo-labeled cases kept per round, best --filter first "
+                           f"(default {SemiConfig.keep:g}; 1: all but empty ones)")
+    semi.add_argument("--teacher", choices=("small", "big"), default=SemiConfig.teacher,
+                      help="big: a wider teacher (--teacher-width) makes the pseudo-labels, the small model is "
+                           "trained on them and exported (default small: the model makes its own)")
+    semi.add_argument("--teacher-width", type=float, default=SemiConfig.teacher_width,
+                      help="--teacher big: its base channels over the small model's, rounded to an even number "
+                           f"(default {SemiConfig.teacher_width:g})")
+    semi.add_argument("--labeled-share", type=float, default=SemiConfig.labeled_share,
                       help="share of the patches drawn from the labeled scans in rounds >= 1, so that a few "
-                           "labeled scans are not swamped by many pseudo-labeled ones (default 0: every scan "
-                           "equally likely)")
-    semi.add_argument("--warm-start", action="store_true",
-                      help="round k >= 1 starts from round k-1's weights instead of a random initialisation")
+                           f"labeled scans are not swamped by many pseudo-labeled ones (default "
+                           f"{SemiConfig.labeled_share:g}; 0: every scan equally likely; 1: labeled scans only, "
+                           "no pseudo-labels: the equal-steps control)")
+    semi.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=SemiConfig.warm_start,
+                      help="round k >= 1 starts from round k-1's weights (default); --no-warm-start: from a "
+                           "random initialisation")
     semi.add_argument("--steps-per-epoch", type=int, default=0,
                       help="override both networks' steps per epoch (smoke tests; default: 20 coarse, 50 fine)")
 
@@ -143,8 +157,10 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--keep must be in (0, 1]")
     if args.steps_per_epoch < 0:
         p.error("--steps-per-epoch must be >= 0")
-    if not 0.0 <= args.labeled_share < 1.0:
-        p.error("--labeled-share must be in [0, 1)")
+    if not 0.0 <= args.labeled_share <= 1.0:
+        p.error("--labeled-share must be in [0, 1]")
+    if not 1.0 <= args.teacher_width <= 4.0:
+        p.error("--teacher-width must be in [1, 4]")
 
 
 def configs(args: argparse.Namespace, argv: Sequence[str] = ()) -> Configs:
@@ -155,8 +171,9 @@ def configs(args: argparse.Namespace, argv: Sequence[str] = ()) -> Configs:
     run = RunConfig(args.images, args.labels, args.out, epochs=args.epochs, seed=args.seed,
                     command=recorded_command(argv))
     semi = None if args.unlabeled is None else SemiConfig(
-        args.unlabeled, rounds=args.rounds, keep=args.keep, teacher=args.teacher,
-        steps_per_epoch=args.steps_per_epoch, labeled_share=args.labeled_share, warm_start=args.warm_start)
+        args.unlabeled, rounds=args.rounds, keep=args.keep, filter=args.filter, teacher=args.teacher,
+        teacher_width=args.teacher_width, steps_per_epoch=args.steps_per_epoch, labeled_share=args.labeled_share,
+        warm_start=args.warm_start)
     return Configs(cfg, run, semi)
 
 

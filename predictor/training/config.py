@@ -76,13 +76,17 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class SemiConfig:
-    """Semi-supervised training on top of a :class:`RunConfig` (see ``predictor.training.semi``)."""
+    """Semi-supervised training on top of a :class:`RunConfig` (see ``predictor.training.semi``). The
+    defaults are what docs/experiments/semi-supervised.md measured best on phantoms."""
 
     unlabeled: Path  # folder of unlabeled <Case>_0000.nii.gz to pseudo-label
     _: KW_ONLY
-    rounds: int = 3  # pseudo-label rounds after round 0 (labeled only)
-    keep: float = 0.9  # fraction of pseudo-labeled cases kept per round, most stable first
-    teacher: str = "small"  # "small" | "big" (a 2x wider teacher makes the pseudo-labels)
+    rounds: int = 1  # pseudo-label rounds after round 0 (labeled only)
+    keep: float = 0.7  # fraction of pseudo-labeled cases kept per round, best --filter measure first
+    filter: str = "uncertainty"  # "stability" | "disagreement" | "uncertainty" (predictor.training.semi.FILTERS)
+    teacher: str = "small"  # "small" | "big" (a wider teacher makes the pseudo-labels)
+    teacher_width: float = 1.5  # the big teacher's base channels over the small model's (rounded to even)
     steps_per_epoch: int = 0  # 0: the TrainConfig's
-    labeled_share: float = 0.0  # share of patches from the labeled scans in rounds >= 1; 0: uniform over scans
-    warm_start: bool = False  # round k >= 1 starts from round k-1's model (same width) instead of random
+    labeled_share: float = 0.5  # share of patches from the labeled scans in rounds >= 1; 0: uniform over scans;
+    # 1: labeled scans only (no pseudo-labels: the equal-steps control)
+    warm_start: bool = True  # round k >= 1 starts from round k-1's model (same width) instead of random

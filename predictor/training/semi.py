@@ -1,21 +1,28 @@
-"""Semi-supervised training: pseudo-labels from unlabeled scans, filtered by stability, iterated, and
-optionally distilled from a big teacher. Entry point: ``python -m predictor.train ... --unlabeled DIR``
-(the library: :func:`run_semi`).
+"""Semi-supervised training: pseudo-labels from unlabeled scans, filtered by a measure of their quality,
+iterated, and optionally distilled from a wider teacher. Entry point: ``python -m predictor.train ...
+--unlabeled DIR`` (the library: :func:`run_semi`).
 
 Rounds (``--rounds K`` gives rounds 0..K):
 
 - round 0 trains on the labeled scans only;
 - round k >= 1: (1) round k-1's model (both stages, through :class:`predictor.pipeline.Predictor` on its
-  exported weights; with ``--teacher big`` round k-1's big teacher) predicts a pseudo-label for every
-  unlabeled scan; (2) each case gets a stability score: the fraction of foreground voxels (union of this
-  and the previous round's pseudo-label) whose label changed since round k-1's pseudo-label; 0 = stable.
-  Round 1 has no previous pseudo-label: it keeps every non-empty case (score left blank); (3) the
-  ``round(keep * n)`` most stable cases are kept (at least 1), pseudo-labels with no organ are always
-  dropped; (4) the model is retrained from scratch on the labeled plus the kept pseudo-labeled scans
-  (``--labeled-share F``: a patch comes from a labeled scan with probability F, else from a pseudo-labeled
-  one; default: every scan equally likely; ``--warm-start``: from round k-1's weights, not from random).
-- ``--teacher big``: every round also trains a teacher (twice the width) on the same data; the teacher
-  makes the next round's pseudo-labels and the small model is what is exported.
+  exported weights; with ``--teacher big`` round k-1's wider teacher) predicts a pseudo-label for every
+  unlabeled scan, and three measures of each (:class:`Measures`): ``stability``, the fraction of
+  foreground voxels (union of this and the previous round's pseudo-label) whose label changed since round
+  k-1's pseudo-label (None in round 1: there is none); ``disagreement``, the same fraction between the
+  two inference scales' own labels (the pipeline's ``fine_scales``; None with one scale); ``uncertainty``,
+  1 - the mean max-probability over the predicted foreground; 0 = best for all three. (2) ``--filter``
+  picks the measure; the ``round(keep * n)`` best cases are kept (at least 1), pseudo-labels with no organ
+  are always dropped, a None measure keeps all (``stability`` in round 1); (3) the model is trained on the
+  labeled plus the kept pseudo-labeled scans: ``--labeled-share F``, a patch comes from a labeled scan
+  with probability F, else from a pseudo-labeled one (0: every scan equally likely; 1: labeled scans
+  only, no pseudo-labels made: training on for the same steps, the equal-steps control);
+  ``--warm-start`` (default): from round k-1's weights, ``--no-warm-start``: from random.
+- ``--teacher big``: a ``--teacher-width`` times wider teacher is trained on the same data in every round
+  whose pseudo-labels a next round uses (k < K) and makes them; the small model is what is exported, and
+  is trained only where it is used: in round K, and in every round with ``--warm-start`` (round k+1 starts
+  from it). ``--rounds 1 --teacher big --no-warm-start`` is FLARE22's recipe: a wide teacher on the labeled
+  scans, then a small student from scratch on labeled + pseudo-labeled scans.
 
 RUN_DIR layout::
 
@@ -24,7 +31,8 @@ RUN_DIR layout::
     weights/                      deployable = the last round's small model (Predictor.load reads it)
     round_<k>/weights/            that round's small model;  round_<k>/teacher/ (--teacher big)
     round_<k>/pseudo/<Case>.nii.gz   pseudo-labels made at the start of round k (k >= 1)
-    round_<k>/selection.csv       Name, score, kept, reason
+    round_<k>/measures/<Case>.json   their disagreement and uncertainty (reused with the pseudo-label)
+    round_<k>/selection.csv       Name, score (the --filter measure), kept, reason, and all three measures
     round_<k>/train_log.csv       that round's loss rows
     round_<k>/done.json           written last: a round with it is skipped on a rerun
     round_<k>/ckpt/               per-epoch checkpoints (deleted when the round is done)
@@ -86,68 +94,158 @@ def stability(previous: np.ndarray | None, current: np.ndarray) -> float | None:
     return float((previous[fg] != current[fg]).sum() / n) if n else 0.0
 
 
-def select(scores: dict[str, float | None], empty: set[str], keep: float) -> dict[str, tuple[bool, str]]:
+FILTERS = ("stability", "disagreement", "uncertainty")  # --filter: the measure that ranks pseudo-labels
+
+
+@dataclass(frozen=True)
+class Measures:
+    """How trustworthy one pseudo-label looks, without its truth; each 0 = best, None = not measurable.
+
+    ``stability``: changed share of the foreground since the previous round's pseudo-label (:func:`stability`);
+    ``disagreement``: the same between the inference scales' own labels on the fine grid;
+    ``uncertainty``: 1 - the mean max-probability over the voxels predicted as an organ (fine grid)."""
+
+    stability: float | None = None
+    disagreement: float | None = None
+    uncertainty: float | None = None
+
+    def get(self, name: str) -> float | None:
+        """The measure called ``name`` (one of :data:`FILTERS`)."""
+        if name not in FILTERS:
+            raise ValueError(f"filter must be one of {FILTERS}, got {name!r}")
+        return getattr(self, name)
+
+
+def scale_measures(probs: list[torch.Tensor]) -> tuple[float | None, float | None]:
+    """(disagreement, uncertainty) of the fine stage's per-scale class probabilities ``(C, D, H, W)``, the
+    first on the output grid, the others resized onto it. Disagreement: share of the voxels labelled an
+    organ at either scale whose argmax differs (None with one scale); uncertainty: 1 - the mean max of the
+    averaged probabilities where their argmax is an organ. Both 0.0 where nothing is an organ."""
+    from ..resample import resize_image
+
+    size = tuple(probs[0].shape[1:])
+    maps = [probs[0].float()] + [resize_image(q.float(), size) for q in probs[1:]]  # type: ignore[arg-type]
+    mean = torch.stack(maps).mean(0)
+    top, labels = mean.max(0)
+    fg = labels > 0
+    uncertainty = 1.0 - float(top[fg].mean()) if bool(fg.any()) else 0.0
+    if len(maps) < 2:
+        return None, uncertainty
+    a, b = maps[0].argmax(0), maps[1].argmax(0)
+    union = (a > 0) | (b > 0)
+    n = int(union.sum())
+    return (float((a != b)[union].sum()) / n if n else 0.0), uncertainty
+
+
+class _Recording:
+    """A Predictor whose fine stage's per-scale probabilities are kept for :func:`scale_measures` (the labels
+    are the Predictor's own, unchanged). Wraps the Predictor's per-scale pass on this instance only."""
+
+    def __init__(self, model: Predictor) -> None:
+        self.model = model
+        self.probs: list[torch.Tensor] = []
+        original = model._probabilities
+
+        def record(net, x):  # noqa: ANN001, ANN202 - the Predictor's own signature
+            prob = original(net, x)
+            self.probs.append(prob.detach().float().clone())  # the caller adds the next scale in place
+            return prob
+
+        model._probabilities = record  # type: ignore[method-assign]
+
+    def predict(self, image: np.ndarray, geo_spacing: tuple[float, float, float], direction: tuple[float, ...]
+                ) -> tuple[np.ndarray, tuple[float | None, float | None]]:
+        """Labels of one scan and their (disagreement, uncertainty); (0.0, 0.0) where no ROI is found."""
+        self.probs = []
+        labels, _ = self.model.predict(image, geo_spacing, direction)
+        return labels, scale_measures(self.probs) if self.probs else (0.0, 0.0)
+
+
+def select(scores: dict[str, float | None], empty: set[str], keep: float, measure: str = "stability"
+           ) -> dict[str, tuple[bool, str]]:
     """Case -> (kept, reason). Empty pseudo-labels are dropped; of the rest, round(keep * n) (>= 1) with
-    the lowest score are kept (None scores, i.e. round 1, keep all). Ties break by case id."""
+    the lowest ``measure`` score are kept (a None score, e.g. stability in round 1, keeps all). Ties break
+    by case id."""
     out = {c: (False, "empty pseudo-label") for c in empty}
     rest = [c for c in sorted(scores) if c not in empty]
     if any(scores[c] is None for c in rest):
-        out.update({c: (True, "round 1: keep all") for c in rest})
+        out.update({c: (True, f"no {measure} measure: keep all") for c in rest})
         return out
     n_keep = max(1, math.floor(keep * len(rest) + 0.5)) if rest else 0
     ranked = sorted(rest, key=lambda c: (scores[c], c))
-    out.update({c: (True, "stable") for c in ranked[:n_keep]})
-    out.update({c: (False, "least stable") for c in ranked[n_keep:]})
+    out.update({c: (True, f"best {measure}") for c in ranked[:n_keep]})
+    out.update({c: (False, f"worst {measure}") for c in ranked[n_keep:]})
     return out
 
 
 def round_models(cfg: TrainConfig, semi: SemiConfig) -> dict[str, TrainConfig]:
-    """The models trained each round: "small" (deployed) and, for --teacher big, a 2x wider "teacher"."""
+    """The models a round may train: "small" (deployed) and, for --teacher big, a ``teacher_width`` times
+    wider "teacher" (base channels rounded to an even number, at least the small model's)."""
     if semi.steps_per_epoch:
         cfg = replace(cfg, coarse=replace(cfg.coarse, steps_per_epoch=semi.steps_per_epoch),
                       fine=replace(cfg.fine, steps_per_epoch=semi.steps_per_epoch))
     models = {"small": cfg}
     if semi.teacher == "big":
         def wide(spec: NetTraining) -> NetTraining:
-            return replace(spec, unet=replace(spec.unet, base=spec.unet.base * 2))
+            base = max(spec.unet.base, 2 * round(spec.unet.base * semi.teacher_width / 2))
+            return replace(spec, unet=replace(spec.unet, base=base))
 
         models["teacher"] = replace(cfg, coarse=wide(cfg.coarse), fine=wide(cfg.fine))
     return models
 
 
+def trained_in_round(name: str, k: int, semi: SemiConfig) -> bool:
+    """Whether round ``k`` trains model ``name``: the teacher where a next round uses its pseudo-labels
+    (k < rounds); the small model in the last round, and in every round when it makes the pseudo-labels
+    (no big teacher) or the next round warm-starts from it."""
+    if name == "teacher":
+        return k < semi.rounds
+    return k == semi.rounds or semi.teacher == "small" or semi.warm_start
+
+
 def pseudo_label(weights: Path, images: dict[str, Path], previous: Path | None, out: Path, *,
-                 device: str = "auto", progress: bool = True) -> tuple[dict[str, float | None], set[str]]:
-    """Write ``out/<Case>.nii.gz`` for every image (reusing ones already there); returns the stability
-    scores against ``previous/<Case>.nii.gz`` (None where there is no previous folder) and the empty cases."""
-    model = Predictor.load(weights, device=device)
-    out.mkdir(parents=True, exist_ok=True)
-    scores: dict[str, float | None] = {}
+                 device: str = "auto", progress: bool = True) -> tuple[dict[str, Measures], set[str]]:
+    """Write ``out/pseudo/<Case>.nii.gz`` and ``out/measures/<Case>.json`` for every image (reusing both
+    where there); returns each case's :class:`Measures` (stability against ``previous/<Case>.nii.gz``, None
+    without a previous folder) and the cases whose pseudo-label holds no organ."""
+    model = _Recording(Predictor.load(weights, device=device))
+    measures: dict[str, Measures] = {}
     empty: set[str] = set()
     from tqdm import tqdm
 
-    for case, path in tqdm(images.items(), desc=f"pseudo-labels {out.parent.name}", unit="case", leave=False,
+    for case, path in tqdm(images.items(), desc=f"pseudo-labels {out.name}", unit="case", leave=False,
                            disable=not progress):
-        target = out / f"{case}.nii.gz"
-        image, geo = read_image(path)
-        if target.is_file():
-            labels, _ = read_image(target)
+        target, side = out / "pseudo" / f"{case}.nii.gz", out / "measures" / f"{case}.json"
+        if target.is_file() and side.is_file():
+            labels = read_image(target)[0]
+            known = json.loads(side.read_text())
+            disagreement, uncertainty = known["disagreement"], known["uncertainty"]
         else:
-            labels, _ = model.predict(image, geo.spacing_kji, geo.direction)
+            image, geo = read_image(path)
+            labels, (disagreement, uncertainty) = model.predict(image, geo.spacing_kji, geo.direction)
             write_label(labels, geo, target)
+            _write_json(side, {"disagreement": disagreement, "uncertainty": uncertainty})
         prev = read_image(previous / f"{case}.nii.gz")[0] if previous is not None else None
-        scores[case] = stability(prev, labels)
+        measures[case] = Measures(stability(prev, labels), disagreement, uncertainty)
         if not labels.any():
             empty.add(case)
-    return scores, empty
+    return measures, empty
 
 
-def write_selection(path: Path, scores: dict[str, float | None], chosen: dict[str, tuple[bool, str]]) -> None:
+def write_selection(path: Path, measures: dict[str, Measures], chosen: dict[str, tuple[bool, str]],
+                    measure: str) -> None:
+    """``selection.csv``: Name, score (the ``measure`` that ranked the case; blank where None), kept,
+    reason, and the three measures."""
+    def cell(value: float | None) -> str:
+        return "" if value is None else f"{value:.6f}"
+
     def write(handle) -> None:
         w = csv.writer(handle)
-        w.writerow(["Name", "score", "kept", "reason"])
+        w.writerow(["Name", "score", "kept", "reason", *FILTERS])
         for case in sorted(chosen):
-            score = scores.get(case)
-            w.writerow([case, "" if score is None else f"{score:.6f}", int(chosen[case][0]), chosen[case][1]])
+            m = measures.get(case, Measures())
+            w.writerow([case, cell(m.get(measure)), int(chosen[case][0]), chosen[case][1],
+                        *(cell(m.get(f)) for f in FILTERS)])
 
     atomic_write(path, write)
 
@@ -240,12 +338,13 @@ class _SemiRun:
         self.curves = [r for r in self.curves if r["round"] != k]
         cases = list(self.labeled)
         info: dict = {"labeled": len(self.labeled)}
-        if k > 0:
+        if k > 0 and self.semi.labeled_share < 1:
             pseudo, counts = self._pseudo_cases(k, rdir)
             cases += pseudo
             info.update(counts)
         for name, cfg in self.models.items():
-            self.curves += self._train_model(name, cfg, cases, k)
+            if trained_in_round(name, k, self.semi):
+                self.curves += self._train_model(name, cfg, cases, k)
         write_csv(rdir / "train_log.csv", CURVE_FIELDS, [r for r in self.curves if r["round"] == k])
         write_curves(self.out, self.curves)
         shutil.rmtree(rdir / "ckpt", ignore_errors=True)
@@ -256,16 +355,18 @@ class _SemiRun:
         log.info("round %d done in %.0f s", k, info["seconds"])
 
     def _pseudo_cases(self, k: int, rdir: Path) -> tuple[list[Case], dict]:
-        """Pseudo-label the unlabeled scans with round k-1's model, select, precompute the kept ones."""
+        """Pseudo-label the unlabeled scans with round k-1's model, select by ``--filter``, precompute the
+        kept ones."""
         prev = self.out / f"round_{k - 1}"
         source = prev / ("teacher" if self.semi.teacher == "big" else "weights")
-        scores, empty = pseudo_label(source, self.unlabeled, prev / "pseudo" if k > 1 else None, rdir / "pseudo",
-                                     device=str(self.device), progress=self.progress)
-        chosen = select(scores, empty, self.semi.keep)
-        write_selection(rdir / "selection.csv", scores, chosen)
+        measures, empty = pseudo_label(source, self.unlabeled, prev / "pseudo" if k > 1 else None, rdir,
+                                       device=str(self.device), progress=self.progress)
+        scores = {c: m.get(self.semi.filter) for c, m in measures.items()}
+        chosen = select(scores, empty, self.semi.keep, self.semi.filter)
+        write_selection(rdir / "selection.csv", measures, chosen, self.semi.filter)
         kept = [c for c in sorted(chosen) if chosen[c][0]]
         cases = [precompute(c, self.unlabeled[c], rdir / "pseudo" / f"{c}.nii.gz", self.models["small"]) for c in kept]
-        log.info("round %d: kept %d of %d pseudo-labeled cases", k, len(kept), len(chosen))
+        log.info("round %d: kept %d of %d pseudo-labeled cases (%s)", k, len(kept), len(chosen), self.semi.filter)
         return cases, {"pseudo_kept": len(kept), "pseudo_dropped": len(chosen) - len(kept)}
 
     def _train_model(self, name: str, cfg: TrainConfig, cases: list[Case], k: int) -> list[dict]:
