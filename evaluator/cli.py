@@ -210,15 +210,14 @@ def leaderboard_settings(args: argparse.Namespace):
 def check_recorded_profile(profile, *folders: Path) -> None:
     """ProfileError (one line) when a team folder among ``folders`` (or the parent of one: ``--pred
     RESULTS/<team>/outputs``) holds a run.json made under another profile."""
-    import json
-
     from challenge.profile import check_same
+    from challenge.results import read_json
 
     for folder in folders:
         for candidate in (folder / "run.json", folder.parent / "run.json"):
             if candidate.is_file():
                 try:
-                    record = json.loads(candidate.read_text(encoding="utf-8"))
+                    record = read_json(candidate)
                 except (OSError, ValueError):
                     continue
                 check_same(profile, record if isinstance(record, dict) else None, str(candidate))

@@ -16,7 +16,16 @@ from typing import Any
 from challenge.cases import list_labels
 from challenge.nifti import MAX_VOXELS, read_header
 from challenge.profile import Profile, check_same, default
-from challenge.results import RunRecord, TeamDir, discover_teams, read_curves, read_run, read_table, read_team_status
+from challenge.results import (
+    RunRecord,
+    TeamDir,
+    discover_teams,
+    read_curves,
+    read_json,
+    read_run,
+    read_table,
+    read_team_status,
+)
 from evaluator.ranking import Ranking, RankingSettings, TeamResults, rank
 from evaluator.report import Curves, TeamFiles, write_leaderboard
 from evaluator.report_facts import DEFAULT_TITLE
@@ -66,12 +75,12 @@ def load_team(team: TeamDir, gt_dir: Path, settings: LeaderboardSettings,
         metrics = read_table(team.metrics_csv)
         if metrics is None and team.outputs.is_dir():
             log.info("scoring %s", team.team)
-            score_folder(gt_dir, team.outputs, team.path, mode=settings.mode, workers=settings.workers,
-                         progress=False, max_voxels=settings.max_voxels, client=client, profile=settings.profile)
+            try:
+                score_folder(gt_dir, team.outputs, team.path, mode=settings.mode, workers=settings.workers,
+                             progress=False, max_voxels=settings.max_voxels, client=client, profile=settings.profile)
+            except MissingPrediction as err:
+                return TeamResults(team.team, None, efficiency, f"evaluation aborted: {err}"), {}, read_run(team)
             metrics = read_table(team.metrics_csv)
-    except MissingPrediction as err:
-        return TeamResults(team.team, None, read_table(team.efficiency_csv), f"evaluation aborted: {err}"), {}, \
-            read_run(team)
     except (ValueError, KeyError, UnicodeDecodeError) as err:  # pandas' and json's parse errors are ValueErrors
         return TeamResults(team.team, None, None, f"unreadable results: {_one_line(err)}"), {}, None
     if efficiency is None and metrics is None and not note:
@@ -160,15 +169,13 @@ def rank_results(results_dir: Path, gt_dir: Path, out_dir: Path, settings: Leade
 def check_profiles(team_dirs: list[TeamDir], profile: Profile) -> None:
     """ProfileError (one line) when a team's run.json, or the summary.json of its metrics, names another
     profile than ``profile`` (records from before profiles count as flare22's)."""
-    import json
-
     for team in team_dirs:
         run = read_run(team)
         if run is not None:
             check_same(profile, {"profile": run.profile}, f"team {team.team} ({team.run_json.name})")
         if team.metrics_csv.is_file() and team.summary_json.is_file():
             try:
-                summary = json.loads(team.summary_json.read_text(encoding="utf-8"))
+                summary = read_json(team.summary_json)
             except (OSError, ValueError):
                 continue
             check_same(profile, summary if isinstance(summary, dict) else None,

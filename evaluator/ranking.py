@@ -87,13 +87,14 @@ def case_values(team: TeamResults, cases: list[str], metrics: tuple[RankedMetric
     reasons = pd.Series("", index=out.index, dtype=object)
     tables = {"metrics": _by_case(team.metrics), "efficiency": _by_case(team.efficiency)}
     for case in cases:
-        reason = (_failure(case, tables["metrics"], tables["efficiency"], team.note)
-                  or _not_a_number(case, tables, ranked))
+        reason = _failure(case, tables["metrics"], tables["efficiency"], team.note)
+        figures = [] if reason else [_figure(tables[m.table], case, m) for m in ranked]
+        reason = reason or _not_a_number(ranked, figures)
         if reason:
             out.loc[case] = [m.penalty for m in ranked]
             reasons[case] = reason
             continue
-        out.loc[case] = [_figure(tables[m.table], case, m) for m in ranked]
+        out.loc[case] = figures
     for m in ranked:
         out[m.name] = out[m.name].round(m.decimals)
     out["penalised"] = reasons
@@ -112,10 +113,10 @@ def _figure(table: pd.DataFrame, case: str, metric: RankedMetric) -> float:
     return value
 
 
-def _not_a_number(case: str, tables: dict[str, pd.DataFrame], ranked: tuple[RankedMetric, ...]) -> str:
-    """A reason when a ranked figure of a case that ran ok is missing or not a finite number (GPU figures may
-    be empty): such a case takes the worst values, so that no NaN ever enters a rank."""
-    bad = [m.name for m in ranked if not np.isfinite(_figure(tables[m.table], case, m))]
+def _not_a_number(ranked: tuple[RankedMetric, ...], figures: list[float]) -> str:
+    """A reason when a ranked figure (:func:`_figure`) of a case that ran ok is missing or not a finite number
+    (GPU figures may be empty): such a case takes the worst values, so that no NaN ever enters a rank."""
+    bad = [m.name for m, value in zip(ranked, figures, strict=True) if not np.isfinite(value)]
     return f"not a number: {', '.join(bad)}" if bad else ""
 
 

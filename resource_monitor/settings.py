@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+import copy
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from challenge import rules
@@ -47,10 +48,16 @@ class RunSettings:
 
     def snapshot(self) -> dict:
         """These settings as plain JSON values for run.json (paths as text; the profile as its name and hash)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "profile"}
-        plain = asdict(replace(self, profile=default()))  # nested dataclasses (the limits) as dicts
-        out = {k: str(v) if isinstance(v, Path) else plain[k] for k, v in values.items()}
-        out["profile"] = self.profile.identity()
+        out: dict = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "profile":
+                value = self.profile.identity()
+            elif isinstance(value, Path):
+                value = str(value)
+            elif is_dataclass(value) and not isinstance(value, type):  # the limits
+                value = asdict(value)
+            out[f.name] = copy.deepcopy(value)
         return out
 
     @property

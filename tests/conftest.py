@@ -84,3 +84,13 @@ def gpu_index() -> int:
     if count == 0:
         pytest.skip("no NVIDIA GPU: NVML reports 0 devices")
     return 0
+
+
+def team_data(root: Path, script: str, *, seed: int, count: int = 3,
+              shape: tuple[int, int, int] = (32, 32, 16)) -> Path:
+    """``root`` with ``count`` phantoms (``images/``, ``labels/``) and a stand-in team's ``team.py``."""
+    from phantoms import PhantomConfig, write_dataset
+
+    write_dataset(root, count, seed=seed, config=PhantomConfig(shape=shape))
+    (root / "team.py").write_text(script)
+    return root

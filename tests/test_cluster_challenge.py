@@ -17,8 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from phantoms import PhantomConfig, write_dataset
-from tests.conftest import DOCKER_CLI
+from tests.conftest import DOCKER_CLI, team_data
 from tests.hostile.conftest import mini_image
 
 distributed = pytest.importorskip("distributed")
@@ -43,10 +42,7 @@ TEAM = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cluster")
-    write_dataset(root, 3, seed=17, config=PhantomConfig(shape=(32, 32, 16)))
-    (root / "team.py").write_text(TEAM)
-    return root
+    return team_data(tmp_path_factory.mktemp("cluster"), TEAM, seed=17)
 
 
 def _local(data: Path, name: str, how: str) -> list[str]:

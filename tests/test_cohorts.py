@@ -17,7 +17,7 @@ from evaluator.cli import main as evaluate_main
 from evaluator.cohorts import CohortError, cohort_results, cohort_summary, read_cohorts
 from evaluator.ranking import RankingSettings, TeamResults, rank
 from organizer.cli import main as challenge_main
-from phantoms import PhantomConfig, write_dataset
+from tests.conftest import team_data
 
 CASES = ["C1", "C2", "C3", "C4", "C5"]
 COHORTS = {"C1": "Europe", "C2": "Europe", "C3": "Asia", "C4": "Asia", "C5": "Asia"}
@@ -109,9 +109,7 @@ TEAM = textwrap.dedent("""
 
 
 def test_organizer_challenge_with_cohorts(tmp_path, capsys):
-    data = tmp_path / "data"
-    write_dataset(data, 4, seed=2, config=PhantomConfig(shape=(32, 32, 16)))
-    (data / "team.py").write_text(TEAM)
+    data = team_data(tmp_path / "data", TEAM, seed=2, count=4)
     cases = sorted(p.name[: -len(".nii.gz")] for p in (data / "labels").glob("*.nii.gz"))
     cohorts = tmp_path / "cohorts.csv"
     cohorts.write_text("Name,cohort\n" + "".join(f"{c},{'odd' if c.endswith(('1', '3')) else 'even'}\n"

@@ -136,20 +136,21 @@ def test_exit_code_gates_ci_and_resume_keeps_the_run_id(cases, tmp_path):
     assert again["attempts"][0] == first["attempts"][0] and again["attempts"][1]["counts"] == {}
 
 
-def test_old_flag_spelling_warns_and_works(cases, tmp_path):
+def _copy_run(cases, results, *flags: str) -> subprocess.CompletedProcess:
+    """``python -m resource_monitor run`` of the copying worker in local mode, with ``flags`` added."""
     command = f"{sys.executable} {cases / 'worker.py'} copy {{inputs}} {{outputs}}"
-    done = subprocess.run([sys.executable, "-m", "resource_monitor", "run", "--command", command, "--inputs",
-                           str(cases / "images"), "--results", str(tmp_path), "--gpu", "none", "--no-plots"],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "resource_monitor", "run", "--command", command, "--results",
+                           str(results), "--gpu", "none", *flags], capture_output=True, text=True, timeout=300)
+
+
+def test_old_flag_spelling_warns_and_works(cases, tmp_path):
+    done = _copy_run(cases, tmp_path, "--inputs", str(cases / "images"), "--no-plots")
     assert done.returncode == 0, done.stderr
     assert "warning: --inputs is deprecated; use --images" in done.stderr
 
 
 def test_verbose_shows_the_harness_not_matplotlib_and_absent_figures_print_as_dashes(cases, tmp_path):
-    command = f"{sys.executable} {cases / 'worker.py'} copy {{inputs}} {{outputs}}"
-    done = subprocess.run([sys.executable, "-m", "resource_monitor", "run", "--command", command, "--images",
-                           str(cases / "images"), "--results", str(tmp_path), "--gpu", "none", "-v"],
-                          capture_output=True, text=True, timeout=300)
+    done = _copy_run(cases, tmp_path, "--images", str(cases / "images"), "-v")
     assert done.returncode == 0, done.stderr
     assert "findfont" not in done.stderr and "matplotlib" not in done.stderr
     assert "GPU_Mem -" in done.stdout and "None" not in done.stdout

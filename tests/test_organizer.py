@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 
 from organizer.cli import main as challenge_main
-from phantoms import PhantomConfig, write_dataset
-from tests.conftest import DOCKER_CLI, docker_build
+from tests.conftest import DOCKER_CLI, docker_build, team_data
 
 # A stand-in team that "predicts" by reading the GT (perfect) or an eroded copy of it (degraded).
 TEAM = textwrap.dedent("""
@@ -35,10 +34,7 @@ TEAM = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("challenge")
-    write_dataset(root, 3, seed=11, config=PhantomConfig(shape=(48, 48, 20)))
-    (root / "team.py").write_text(TEAM)
-    return root
+    return team_data(tmp_path_factory.mktemp("challenge"), TEAM, seed=11, shape=(48, 48, 20))
 
 
 def _local(data, how):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from phantoms import PhantomConfig, write_dataset
+from tests.conftest import team_data
 
 # A team that copies the ground truth after a short wait: slow enough to be interrupted between cases.
 TEAM = textwrap.dedent("""
@@ -31,10 +31,7 @@ TEAM = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("resume")
-    write_dataset(root, 3, seed=13, config=PhantomConfig(shape=(32, 32, 16)))
-    (root / "team.py").write_text(TEAM)
-    return root
+    return team_data(tmp_path_factory.mktemp("resume"), TEAM, seed=13)
 
 
 def _argv(data: Path, out: Path, *extra: str) -> list[str]:
