@@ -20,7 +20,6 @@ import io
 import os
 import platform
 import tempfile
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,7 +32,7 @@ CHUNK_BYTES = 64 << 20  # archive pieces sent through Dask
 CALIBRATION_ENV = "FLARE_CALIBRATION_CPUS"  # a worker's CPU quota for its calibration container (tests)
 BURN = "import time\nt=time.perf_counter()\nx=0\nfor i in range({n}): x+=i*i\nprint(time.perf_counter()-t)\n"
 BURN_ITERATIONS = 8_000_000  # about 1.5 s of one core here
-CALIBRATION_RUNS = 3  # the fastest of these counts: other load only ever slows a run down
+CALIBRATION_ROUNDS = 5  # the fastest of these counts: other load only ever slows a run down
 
 
 @dataclass
@@ -139,26 +138,28 @@ class Calibration:
     mode: str  # "docker" or "local"
 
 
-def calibrate(image: str | None, iterations: int = BURN_ITERATIONS, runs: int = CALIBRATION_RUNS) -> Calibration:
-    """Run a fixed CPU load ``runs`` times on this worker, in a container of ``image`` (its python3;
-    sandboxed as the cases are, with the worker's ``FLARE_CALIBRATION_CPUS`` quota if set) or, without an
-    image, as a host process; returns the fastest wall time."""
+def calibrate(image: str | None, iterations: int = BURN_ITERATIONS) -> Calibration:
+    """Run a fixed CPU load once on this worker, in a container of ``image`` (its python3; sandboxed as the
+    cases are, with the worker's ``FLARE_CALIBRATION_CPUS`` quota if set) or, without an image, as a host
+    process; returns the load's own wall time."""
     cpus = float(os.environ[CALIBRATION_ENV]) if os.environ.get(CALIBRATION_ENV) else None
-    times = [_burn_once(image, BURN.format(n=iterations), cpus) for _ in range(runs)]
-    return Calibration(worker_name(), platform.node(), min(times), cpus, "docker" if image else "local")
+    seconds = _burn_once(image, BURN.format(n=iterations), cpus)
+    return Calibration(worker_name(), platform.node(), seconds, cpus, "docker" if image else "local")
 
 
 def _burn_once(image: str | None, code: str, cpus: float | None) -> float:
-    clock = time.perf_counter()
+    """The load's own wall time (s), as it prints it: the container's or process's start-up is left out, as
+    it is host noise rather than the speed a case's computation sees."""
     if image is None:
         import subprocess
         import sys
 
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-        return time.perf_counter() - clock
-    import docker
+        printed = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True).stdout
+    else:
+        import docker
 
-    client = docker.from_env(timeout=600)
-    client.containers.run(image, ["python3", "-c", code], remove=True, network_mode="none", cap_drop=["ALL"],
-                          security_opt=["no-new-privileges"], nano_cpus=int(cpus * 1e9) if cpus else None)
-    return time.perf_counter() - clock
+        client = docker.from_env(timeout=600)
+        printed = client.containers.run(image, ["python3", "-c", code], remove=True, network_mode="none",
+                                        cap_drop=["ALL"], security_opt=["no-new-privileges"],
+                                        nano_cpus=int(cpus * 1e9) if cpus else None)
+    return float(printed.decode("ascii", "replace").split()[-1])

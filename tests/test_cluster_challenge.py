@@ -166,20 +166,21 @@ def test_docker_teams_on_the_cluster(docker_client, base_image, data, tmp_path):
 
 @pytest.mark.docker
 def test_a_slowed_worker_is_flagged_and_equal_ones_are_not(docker_client, base_image):
-    """Three workers (with two, both would be equally far from their median); the tolerance is 25 % rather
-    than the default 10 % so that a shared CI host's noise does not flag an equal worker, while the slowed one
-    (a quota of half a core: about twice as slow) is far past either."""
+    """Three workers (with two, both would be equally far from their median). This shared 2-core VM runs the
+    same load in anywhere from 0.65 to 1.3 s from one minute to the next, even as the fastest of several
+    rounds, so the tolerance here is 100 % rather than the default 10 % and the slowed worker gets a fifth
+    of a core (about five times as slow), far past it."""
     from organizer.cluster_run import calibrate_workers
 
     cluster = distributed.LocalCluster(n_workers=3, threads_per_worker=1, processes=True, resources={"GPU": 1},
                                        dashboard_address=None, silence_logs=50)
     client = distributed.Client(cluster)
     try:
-        equal = calibrate_workers(client, base_image, tolerance=0.25)
+        equal = calibrate_workers(client, base_image, tolerance=1.0)
         assert not any(row["flagged"] for row in equal["workers"].values()), equal
         slow = sorted(row["address"] for row in equal["workers"].values())[0]
-        client.run(exec, "import os; os.environ['FLARE_CALIBRATION_CPUS'] = '0.5'", workers=[slow])
-        slowed = calibrate_workers(client, base_image, tolerance=0.25)
+        client.run(exec, "import os; os.environ['FLARE_CALIBRATION_CPUS'] = '0.2'", workers=[slow])
+        slowed = calibrate_workers(client, base_image, tolerance=1.0)
         flags = {row["address"]: row["flagged"] for row in slowed["workers"].values()}
         assert flags == {address: address == slow for address in flags}, slowed
     finally:
