@@ -25,12 +25,11 @@ control with a 95 % paired-bootstrap interval (10 000 resamples of the test case
 its mean over the seeds), the pseudo-labels' quality per domain and organ, the filters' quality, and the
 CPU time of every arm. Writes OUT/cases.csv, OUT/pseudo.csv and OUT/cost.csv; --tables-only reprints.
 
-    # the run of docs/experiments/semi-supervised.md (2 CPU cores, about 70 min):
-    python benchmarks/semi_experiment.py --out out/semi22 --epochs 14 --unlabeled 30 --filter disagreement \
-        --test-domain noncontrast arterial lowdose portal --jobs 2 --threads 1
-    python benchmarks/semi_experiment.py --out out/semi22 --test-domain noncontrast arterial lowdose portal \
-        --tables-only
-    # smoke configuration (proves the script works; numbers meaningless), a few minutes:
+    # the run of docs/experiments/semi-supervised.md (2 CPU cores, 73 min; every default as it used):
+    python benchmarks/semi_experiment.py --out out/semi22 --jobs 2 --threads 1
+    python benchmarks/semi_experiment.py --out out/semi22 --tables-only
+    python benchmarks/semi_experiment.py --out docs/experiments/semi22 --tables-only  # that run's own CSVs
+    # smoke configuration (proves the script works; numbers meaningless):
     python benchmarks/semi_experiment.py --out out/semi_smoke --labeled 2 --unlabeled 5 --test 2 \
         --shape 64 64 32 --seeds 0 --epochs 1 --steps-per-epoch 2 --test-domain noncontrast portal
 """
@@ -408,13 +407,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    choices=TEST_DOMAINS)
     p.add_argument("--shape", type=int, nargs=3, default=[128, 128, 64], metavar=("X", "Y", "Z"))
     p.add_argument("--fine-mm", type=float, default=3.0, help="the fine stage's spacing (mm); default 3")
-    p.add_argument("--epochs", type=int, default=14, help="N / 50: the teacher's fine epochs (default 14)")
+    p.add_argument("--epochs", type=int, default=16, help="N / 50: the teacher's fine epochs (default 16)")
     p.add_argument("--filter", choices=FILTERS, default="disagreement", help="the filtered arms' measure")
     p.add_argument("--keep", type=float, default=0.7, help="the filtered arms' kept share (default 0.7)")
     p.add_argument("--labeled-share", type=float, default=0.5, help="the students' --labeled-share")
     p.add_argument("--teacher-width", type=float, default=1.5, help="the wide teacher's --teacher-width")
-    p.add_argument("--wide-teacher-domains", nargs="+", default=["noncontrast", "portal"], choices=TEST_DOMAINS,
-                   help="test domains the wide teacher itself is scored on (default noncontrast portal)")
+    p.add_argument("--wide-teacher-domains", nargs="+", default=None, choices=TEST_DOMAINS,
+                   help="test domains the wide teacher itself is scored on (default: every --test-domain)")
     p.add_argument("--unfiltered-arm", action="store_true", help="also train student_keep1 (every pseudo-label)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps-per-epoch", type=int, default=0, help="0: the trainer's default (50 fine)")
@@ -428,6 +427,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    args.wide_teacher_domains = args.wide_teacher_domains or args.test_domain
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     clock = time.perf_counter()
     wall: float | None = None
