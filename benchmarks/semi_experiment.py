@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from predictor_bench import mean_dsc  # a sibling script: benchmarks/ is on sys.path when run as a script
+from scipy import stats
 
 from challenge.files import atomic_write
 from challenge.labels import ORGANS
@@ -346,19 +347,10 @@ def print_filters(rows: list[dict], keep: float) -> None:
 
 
 def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
-    def ranks(v: list[float]) -> np.ndarray:
-        order = np.argsort(v, kind="stable")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        values = np.asarray(v)
-        for value in np.unique(values):
-            tie = values == value
-            r[tie] = r[tie].mean()
-        return r
-
-    rx, ry = ranks(x), ranks(y)
-    return float(np.corrcoef(rx, ry)[0, 1]) if rx.std() and ry.std() else 0.0
+    """Spearman's rank correlation (average ranks for ties); 0.0 where either side is constant."""
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return 0.0
+    return float(stats.spearmanr(x, y).statistic)
 
 
 def print_cost(rows: list[dict], wall: float | None) -> None:

@@ -32,7 +32,6 @@ CHUNK_BYTES = 64 << 20  # archive pieces sent through Dask
 CALIBRATION_ENV = "FLARE_CALIBRATION_CPUS"  # a worker's CPU quota for its calibration container (tests)
 BURN = "import time\nt=time.perf_counter()\nx=0\nfor i in range({n}): x+=i*i\nprint(time.perf_counter()-t)\n"
 BURN_ITERATIONS = 8_000_000  # about 1.5 s of one core here
-CALIBRATION_ROUNDS = 5  # the fastest of these counts: other load only ever slows a run down
 
 
 @dataclass
