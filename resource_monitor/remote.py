@@ -20,12 +20,14 @@ import io
 import os
 import platform
 import tempfile
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from challenge.cases import image_name
 from challenge.files import atomic_path, atomic_write_bytes
 from resource_monitor.archive import Manifest, already_loaded, load_archive, read_manifest
+from resource_monitor.errors import HostFault, one_line
 from resource_monitor.settings import RunSettings
 
 CHUNK_BYTES = 64 << 20  # archive pieces sent through Dask
@@ -148,17 +150,26 @@ def calibrate(image: str | None, iterations: int = BURN_ITERATIONS) -> Calibrati
 
 def _burn_once(image: str | None, code: str, cpus: float | None) -> float:
     """The load's own wall time (s), as it prints it: the container's or process's start-up is left out, as
-    it is host noise rather than the speed a case's computation sees."""
-    if image is None:
-        import subprocess
-        import sys
+    it is host noise rather than the speed a case's computation sees. HostFault (one line naming the image
+    and the host) when the load cannot run or prints no time: the calibration is the organizer's set-up,
+    never a team's result."""
+    import subprocess
+    import sys
 
-        printed = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True).stdout
-    else:
-        import docker
+    import docker
 
-        client = docker.from_env(timeout=600)
-        printed = client.containers.run(image, ["python3", "-c", code], remove=True, network_mode="none",
-                                        cap_drop=["ALL"], security_opt=["no-new-privileges"],
-                                        nano_cpus=int(cpus * 1e9) if cpus else None)
-    return float(printed.decode("ascii", "replace").split()[-1])
+    where = f"{image or 'a host process'} on {platform.node()}"
+    name = f"flare-calibration-{uuid.uuid4().hex[:12]}"
+    try:
+        if image is None:
+            printed = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True).stdout
+        else:
+            printed = docker.from_env(timeout=600).containers.run(
+                image, ["python3", "-c", code], name=name, remove=True, network_mode="none", cap_drop=["ALL"],
+                security_opt=["no-new-privileges"], nano_cpus=int(cpus * 1e9) if cpus else None)
+        return float(printed.decode("ascii", "replace").split()[-1])
+    except (docker.errors.DockerException, subprocess.CalledProcessError, ValueError, IndexError) as err:
+        if image is not None:  # a container that failed to start is not removed by remove=True
+            with contextlib.suppress(docker.errors.DockerException):
+                docker.from_env(timeout=60).containers.get(name).remove(force=True)
+        raise HostFault(f"the calibration load failed in {where} ({one_line(err)})") from None

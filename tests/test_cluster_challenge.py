@@ -186,3 +186,30 @@ def test_a_slowed_worker_is_flagged_and_equal_ones_are_not(docker_client, base_i
     finally:
         client.close()
         cluster.close()
+
+
+@pytest.mark.docker
+def test_a_calibration_load_that_cannot_run_or_prints_no_time_is_a_host_fault(docker_client):
+    """A calibration image without python3 (through a real worker, so the fault crosses Dask), and a load that
+    prints no time or no number: one line naming the image and the host, as a HostFault (the CLI's exit 3,
+    "rerun with --resume once it is fixed"), never a traceback and never a team's result."""
+    from challenge.exitcodes import HostFault
+    from organizer.cluster_run import calibrate_workers
+    from resource_monitor.remote import _burn_once
+
+    tag = mini_image(docker_client, f"calibration-{uuid.uuid4().hex[:8]}:latest")
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, resources={"GPU": 1},
+                                       dashboard_address=None, silence_logs=50)
+    client = distributed.Client(cluster)
+    try:
+        with pytest.raises(HostFault, match=f"^the calibration load failed in {tag} on ") as fault:
+            calibrate_workers(client, tag, rounds=1)
+        assert "\n" not in str(fault.value)
+    finally:
+        client.close()
+        cluster.close()
+    assert not docker_client.containers.list(all=True, filters={"ancestor": tag})  # the failed one is removed
+    docker_client.images.remove(tag, force=True)
+    for code in ("print('no time here')", "pass"):
+        with pytest.raises(HostFault, match="^the calibration load failed in a host process on "):
+            _burn_once(None, code, None)
